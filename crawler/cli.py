@@ -1,0 +1,248 @@
+"""The ``crawl`` command: options, exit codes, progress on stderr, report on stdout."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from typer.core import TyperCommand
+
+try:  # typer >= 0.16 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on real click
+    from click.exceptions import ClickException
+
+from . import __version__
+from .engines import Settings
+from .errors import CrawlerError
+from .fetching import default_user_agent
+from .outputs import open_writer
+from .pipeline import RunOptions, run_engine
+from .plugins import engines as registered_engines
+from .plugins import get_engines, get_plugin_manager
+from .report import build_report, render_table, write_report
+from .urls import open_url_file, read_url_lines
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    USAGE = 2
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the run winds down like on Ctrl-C."""
+
+
+class OneLineErrors(TyperCommand):
+    """Usage errors as one line on stderr and exit 2: no usage dump, no traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            typer.echo(f"crawl: error: {exc.format_message()}", err=True)
+            code = ExitCode.USAGE
+        except typer.Abort:
+            code = ExitCode.INTERRUPTED
+        if not standalone_mode:
+            return code
+        sys.exit(int(code or 0))
+
+
+app = typer.Typer(
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crawl {__version__}")
+        raise typer.Exit()
+
+
+@app.command(cls=OneLineErrors)
+def crawl(
+    urls_file: Annotated[Optional[str], typer.Argument(help="File with one URL per line; '-' reads stdin.", show_default=False)] = None,
+    engine: Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine name; repeatable and comma-separated; 'all' runs every registered engine.", show_default="asyncio")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once (processes for pool, threads for threads, coroutines otherwise).")] = 32,
+    timeout: Annotated[float, typer.Option(min=0.001, help="Seconds for a whole request: connect, headers and body.")] = 10.0,
+    retries: Annotated[int, typer.Option(min=0, help="Extra tries for connection errors, timeouts and 502/503/504, with exponential backoff.")] = 1,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Largest decoded body kept; a larger one is the error too_large.")] = 10 * 1024 * 1024,
+    parse_workers: Annotated[int, typer.Option(min=0, help="Processes in the parse stage; 0 parses in the main process.", show_default="CPU count")] = os.cpu_count() or 1,
+    no_parse: Annotated[bool, typer.Option("--no-parse", help="Skip the parse stage (fetch-only throughput).")] = False,
+    out: Annotated[Optional[str], typer.Option(help="Write records as JSON Lines to this file, one per URL per engine.")] = None,
+    report: Annotated[Optional[str], typer.Option(help="Write the throughput report as JSON to this file.")] = None,
+    plugin: Annotated[Optional[list[str]], typer.Option(help="Import MODULE and register it as a plugin; repeatable. 'no:NAME' blocks an installed plugin.", metavar="MODULE")] = None,
+    list_engines: Annotated[bool, typer.Option("--list-engines", help="Print every registered engine and exit.")] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Crawl the built-in synthetic site on a free loopback port (no network).")] = False,
+    demo_pages: Annotated[int, typer.Option(min=1, help="--demo: number of pages of the synthetic site.")] = 1000,
+    demo_delay: Annotated[float, typer.Option(min=0.0, help="--demo: seconds the site waits before each response.")] = 0.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    user_agent: Annotated[Optional[str], typer.Option(help="User-Agent sent by every engine.", show_default="crawler/VERSION (+URL)")] = None,
+    ca_file: Annotated[Optional[str], typer.Option(help="Also trust the CA certificates in this PEM file for https.")] = None,
+    engine_opt: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE option passed to the engine through Settings; repeatable.", metavar="KEY=VALUE")] = None,
+    json_report: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout instead of a table.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Fetch URLS_FILE with one or more concurrency engines, parse every page, report throughput."""
+    stdout = Console(soft_wrap=False)
+    try:
+        pm = get_plugin_manager(plugin or [])
+        if list_engines:
+            for name, found in registered_engines(pm).items():
+                typer.echo(f"{name:10} {found.description}")
+            return
+        chosen = get_engines(pm, engine or ["asyncio"])
+        if demo == (urls_file is not None):
+            raise CrawlerError("give a URLS_FILE or --demo (one of the two)")
+        settings = Settings(
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            max_bytes=max_bytes,
+            user_agent=user_agent or default_user_agent(),
+            ca_file=ca_file,
+            engine_options=_engine_options(engine_opt or []),
+        )
+        options = RunOptions(parse=not no_parse, parse_workers=parse_workers)
+        if ca_file and not os.path.isfile(ca_file):
+            raise CrawlerError(f"CA file not found: {ca_file}")
+    except CrawlerError as exc:
+        typer.echo(f"crawl: error: {exc}", err=True)
+        raise typer.Exit(ExitCode.USAGE) from None
+
+    summaries: list[dict] = []
+    code = ExitCode.OK
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with contextlib.ExitStack() as stack:
+            if demo:
+                from .site import serve_in_subprocess
+
+                site = stack.enter_context(serve_in_subprocess(pages=demo_pages, delay=demo_delay))
+                sources: Callable[[], Iterator[str]] = site.urls
+                total: int | None = demo_pages
+                exclude = frozenset({site.process.pid})
+            else:
+                sources = stack.enter_context(_url_sources(urls_file, several=len(chosen) > 1))
+                total, exclude = None, frozenset()
+            writer = open_writer(out)
+            stack.callback(writer.close)
+            progress = stack.enter_context(_progress(quiet))
+            for selected in chosen:
+                task = progress.add_task(selected.name, total=total) if progress else None
+                advance = (lambda record, task=task: progress.advance(task)) if progress else None
+                try:
+                    stats = run_engine(selected, sources(), settings, options, writer.write, advance, exclude)
+                except (KeyboardInterrupt, Terminated) as exc:
+                    summaries.append(exc.run_stats.summary())
+                    raise
+                summaries.append(stats.summary())
+    except CrawlerError as exc:
+        typer.echo(f"crawl: error: {exc}", err=True)
+        raise typer.Exit(ExitCode.USAGE) from None
+    except KeyboardInterrupt:
+        code = ExitCode.INTERRUPTED
+    except Terminated:
+        code = ExitCode.TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+    if code != ExitCode.OK:
+        typer.echo(f"crawl: interrupted; the report covers what completed", err=True)
+    if summaries:
+        document = build_report(summaries, settings, options, {"demo": demo, "urls_file": urls_file})
+        if report:
+            write_report(document, report)
+        if json_report:
+            import json
+
+            typer.echo(json.dumps(document, indent=2))
+        else:
+            render_table(document, stdout)
+    raise typer.Exit(code)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _engine_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CrawlerError(f"--engine-opt expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value
+    return options
+
+
+@contextlib.contextmanager
+def _url_sources(path: str, several: bool):
+    """A callable giving a fresh lazy URL iterator per engine run.
+
+    stdin can be read once only, so with several engines it is first spooled
+    to a temporary file (streamed, never held in memory).
+    """
+    stream = open_url_file(path)
+    if path == "-" and several:
+        with tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(stream, spool)
+            stream = None
+
+            def from_spool() -> Iterator[str]:
+                spool.seek(0)
+                yield from read_url_lines(spool)
+
+            yield from_spool
+        return
+    if path == "-":
+        yield lambda: read_url_lines(stream)
+        return
+    stream.close()
+    opened: list = []
+
+    def from_file() -> Iterator[str]:
+        handle = open_url_file(path)
+        opened.append(handle)
+        return read_url_lines(handle)
+
+    try:
+        yield from_file
+    finally:
+        for handle in opened:
+            handle.close()
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(show_speed=True),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        yield progress
+
+
+def main() -> None:
+    app()

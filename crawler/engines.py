@@ -1,0 +1,83 @@
+"""The engine contract: what an engine is, what it gets, what it gives back.
+
+An engine turns URLs into :class:`FetchResult` values.  It never parses
+pages, writes records or keeps statistics: the pipeline does that, the same
+way for every engine, so that engines differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Protocol, runtime_checkable
+
+DEFAULT_USER_AGENT = "crawler/{version} (+https://github.com/crawler-dev/crawler)"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome of fetching one URL, success or failure.
+
+    ``error`` is ``None`` or one of the codes in :data:`crawler.fetching.ERROR_CODES`.
+    ``body`` is the decoded body (``Content-Encoding`` removed).  ``headers``
+    has lower-case names.  ``elapsed`` is seconds from the request start to
+    the full body or the failure, retries and backoff included.
+    """
+
+    url: str
+    status: int | None = None
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    final_url: str | None = None
+    error: str | None = None
+    elapsed: float = 0.0
+    detail: str | None = None
+    # Engines that parse where they fetch (e.g. on a remote worker) hand the
+    # parse fields back here; the pipeline then passes them through unparsed.
+    parsed: Mapping[str, object] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option an engine may need, with the command line's defaults."""
+
+    concurrency: int = 32
+    timeout: float = 10.0
+    retries: int = 1
+    max_bytes: int = 10 * 1024 * 1024
+    max_redirects: int = 10
+    user_agent: str = ""
+    ca_file: str | None = None  # extra CA bundle for https (None: the system's / certifi's)
+    backoff_base: float = 0.2
+    backoff_max: float = 5.0
+    engine_options: Mapping[str, str] = field(default_factory=dict)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A way of fetching many URLs concurrently.
+
+    ``fetch`` yields exactly one :class:`FetchResult` per URL of ``urls``, in
+    any order, and must read ``urls`` lazily: at most about
+    ``settings.concurrency`` URLs (and their bodies) may be held at once.
+    Closing the returned iterator early (``.close()``, e.g. on Ctrl-C) must
+    stop all work and release every thread, process and socket it started.
+    The semantics of one fetch (timeouts, retries, redirects, decoding, size
+    limit, error codes) come from :mod:`crawler.fetching`, never re-invented.
+    """
+
+    name: str
+    description: str
+
+    def fetch(self, urls: Iterable[str], settings: Settings) -> Iterator[FetchResult]: ...

@@ -1,0 +1,23 @@
+"""Exceptions the command line turns into one-line usage errors (exit 2)."""
+
+
+class CrawlerError(Exception):
+    """A user-facing error: its message is the whole story, no traceback needed."""
+
+
+class UnknownEngineError(CrawlerError, KeyError):
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown engine {name!r}; known engines: {', '.join(known) or 'none'}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class PluginError(CrawlerError):
+    """A plugin failed to import or to register."""
+
+
+class DuplicateEngineError(CrawlerError):
+    pass

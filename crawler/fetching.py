@@ -1,0 +1,383 @@
+"""What fetching one URL means, defined once for every engine.
+
+Engines differ only in how they wait.  Everything else — which URLs are
+valid, how long a request may take, what is retried and how long to back
+off, which redirects are followed, how bodies are decoded and capped, which
+error code a failure gets — lives here.
+
+The policy is a *sans-IO generator*, :func:`fetch_plan`.  It yields what it
+needs done and is resumed with the outcome:
+
+* it yields an :class:`Exchange` — "send one GET and read the response" — and
+  is sent back a :class:`Response`, or has a :class:`FetchError` thrown in;
+* it yields a :class:`Sleep` — "wait this long" (retry backoff) — and is sent
+  ``None``;
+* it returns (``StopIteration.value``) the final :class:`FetchResult`.
+
+Blocking engines drive it with :func:`run_blocking`, asyncio engines with
+:func:`run_async`, generator-coroutine engines with ``yield from``.  An
+engine's only job is one exchange: connect, send, read status and headers,
+stream the body through a :class:`BodyDecoder`, honour the deadline, and turn
+its library's exceptions into :class:`FetchError` codes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Generator, Mapping, Union
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from .engines import FetchResult, Settings
+
+# SPEC §6.  "parse" and "robots" are given by the pipeline, never by engines.
+ERROR_CODES = (
+    "invalid_url",
+    "dns",
+    "connect",
+    "timeout",
+    "too_large",
+    "too_many_redirects",
+    "http_status",
+    "protocol",
+    "robots",
+    "parse",
+    "other",
+)
+RETRYABLE_ERRORS = frozenset({"dns", "connect", "timeout"})
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+READ_CHUNK = 64 * 1024
+
+
+class FetchError(Exception):
+    """One exchange failed; ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, detail: str = "", *, response: "Response | None" = None):
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail or code
+        self.response = response  # set when a status line had arrived
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One GET to perform: ``url`` is already validated and IDNA-encoded."""
+
+    url: str
+    headers: Mapping[str, str]
+    deadline: float  # time.monotonic() value by which the whole exchange must be done
+    max_bytes: int
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (<= 0 means it has passed)."""
+        return self.deadline - time.monotonic()
+
+    def check_deadline(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise FetchError("timeout", "request deadline passed")
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes = b""  # decoded
+
+
+Step = Union[Exchange, Sleep]
+Plan = Generator[Step, Union[Response, None], FetchResult]
+
+
+# --- URLs --------------------------------------------------------------------------
+
+
+def http_url(url: str) -> str:
+    """Return ``url`` ready for the wire, or raise ``FetchError("invalid_url")``.
+
+    Accepts absolute http/https URLs with a host; the host is IDNA-encoded,
+    the fragment dropped, and characters that cannot travel in a request
+    line are percent-encoded.
+    """
+    if not url or any(ord(ch) < 0x21 and ch != " " or ch == "\x7f" for ch in url):
+        raise FetchError("invalid_url", "empty URL or control characters")
+    try:
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError("invalid_url", f"not an http(s) URL: scheme {scheme or 'missing'!r}")
+        host = parts.hostname
+        if not host:
+            raise FetchError("invalid_url", "no host")
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError as exc:
+        raise FetchError("invalid_url", str(exc)) from None
+    if ":" in host:  # an IPv6 literal
+        netloc_host = f"[{host}]"
+    else:
+        try:
+            netloc_host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise FetchError("invalid_url", f"bad host name: {exc}") from None
+    netloc = netloc_host if port is None else f"{netloc_host}:{port}"
+    if parts.username is not None:
+        userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
+        netloc = f"{userinfo}@{netloc}"
+    path = _quote_unsafe(parts.path) or "/"
+    return urlunsplit((scheme, netloc, path, _quote_unsafe(parts.query), ""))
+
+
+def _quote_unsafe(text: str) -> str:
+    if text.isascii() and " " not in text:
+        return text
+    return "".join(
+        ch if ch.isascii() and ch != " " else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+        for ch in text
+    )
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """(host, port) of an http(s) URL that :func:`http_url` accepted."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def redirect_target(url: str, location: str) -> str:
+    """Absolute target of a redirect, or ``FetchError`` for a non-http(s) target."""
+    try:
+        target = urljoin(url, location.strip())
+    except ValueError as exc:
+        raise FetchError("invalid_url", f"bad redirect Location: {exc}") from None
+    try:
+        return http_url(target)
+    except FetchError as exc:
+        raise FetchError("invalid_url", f"redirect to {target[:200]!r}: {exc.detail}") from None
+
+
+# --- bodies ------------------------------------------------------------------------
+
+
+class BodyDecoder:
+    """Decodes a streamed body and enforces ``max_bytes`` on the decoded size.
+
+    Decompression is bounded at each step (``max_length``), so a compression
+    bomb fails as ``too_large`` after producing at most ``max_bytes + 1``
+    bytes, never holding the bomb in memory.
+    """
+
+    def __init__(self, content_encoding: str | None, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._parts: list[bytes] = []
+        encoding = (content_encoding or "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._inflater = None  # zlib-wrapped or raw: decided by the first bytes
+            self._deflate_pending = True
+        elif encoding in ("identity", ""):
+            self._inflater = None
+            self._deflate_pending = False
+        else:
+            raise FetchError("protocol", f"unsupported Content-Encoding {encoding!r}")
+        self._encoded = encoding not in ("identity", "")
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._encoded:
+            self._keep(data)
+            return
+        if self._inflater is None:
+            # RFC 9110 says zlib-wrapped; some servers send raw deflate.
+            wrapped = len(data) >= 2 and (data[0] & 0x0F) == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self._inflater = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        try:
+            while data:
+                out = self._inflater.decompress(data, self.max_bytes - self.size + 1)
+                self._keep(out)
+                data = self._inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise FetchError("protocol", f"bad compressed body: {exc}") from None
+
+    def _keep(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self._parts.clear()
+            raise FetchError("too_large", f"body larger than {self.max_bytes} bytes")
+        self._parts.append(data)
+
+    def finish(self) -> bytes:
+        if self._encoded and self._inflater is not None:
+            try:
+                self._keep(self._inflater.flush())
+            except zlib.error as exc:
+                raise FetchError("protocol", f"bad compressed body: {exc}") from None
+        body = b"".join(self._parts)
+        self._parts = [body]
+        return body
+
+
+# --- the policy --------------------------------------------------------------------
+
+
+def request_headers(settings: Settings) -> dict[str, str]:
+    return {
+        "User-Agent": settings.user_agent or default_user_agent(),
+        "Accept": "*/*",
+        "Accept-Encoding": "gzip, deflate",
+    }
+
+
+def default_user_agent() -> str:
+    from . import __version__
+    from .engines import DEFAULT_USER_AGENT
+
+    return DEFAULT_USER_AGENT.format(version=__version__)
+
+
+def backoff_delay(retry: int, settings: Settings) -> float:
+    """Seconds before retry number ``retry`` (1-based): exponential, full jitter."""
+    ceiling = min(settings.backoff_max, settings.backoff_base * 2 ** (retry - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None = None) -> Plan:
+    """The life of one URL: validate, exchange, retry, follow redirects, conclude.
+
+    Each try of a hop gets ``settings.timeout`` seconds for connect, headers
+    and body together; connection errors, timeouts and 502/503/504 are tried
+    again up to ``settings.retries`` times per hop, after :func:`backoff_delay`.
+    """
+    started = time.monotonic()
+
+    def result(**fields) -> FetchResult:
+        return FetchResult(url=url, elapsed=time.monotonic() - started, **fields)
+
+    try:
+        current = http_url(url)
+    except FetchError as exc:
+        return result(error=exc.code, detail=exc.detail)
+    headers = headers or request_headers(settings)
+    redirects = 0
+    retry = 0
+    while True:
+        exchange = Exchange(current, headers, time.monotonic() + settings.timeout, settings.max_bytes)
+        try:
+            response = yield exchange
+        except FetchError as exc:
+            if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
+                retry += 1
+                yield Sleep(backoff_delay(retry, settings))
+                continue
+            got = exc.response
+            return result(
+                error=exc.code,
+                detail=exc.detail,
+                status=got.status if got else None,
+                headers=got.headers if got else {},
+                final_url=current if got else None,
+            )
+        if response.status in RETRYABLE_STATUSES and retry < settings.retries:
+            retry += 1
+            yield Sleep(backoff_delay(retry, settings))
+            continue
+        location = response.headers.get("location")
+        if response.status in REDIRECT_STATUSES and location is not None:
+            if redirects >= settings.max_redirects:
+                return result(
+                    error="too_many_redirects",
+                    detail=f"more than {settings.max_redirects} redirects",
+                    status=response.status,
+                    headers=response.headers,
+                    final_url=current,
+                )
+            try:
+                current = redirect_target(current, location)
+            except FetchError as exc:
+                return result(
+                    error=exc.code,
+                    detail=exc.detail,
+                    status=response.status,
+                    headers=response.headers,
+                    final_url=current,
+                )
+            redirects += 1
+            retry = 0
+            continue
+        ok = 200 <= response.status < 300
+        return result(
+            status=response.status,
+            headers=response.headers,
+            body=response.body,
+            final_url=current,
+            error=None if ok else "http_status",
+            detail=None if ok else f"HTTP {response.status}",
+        )
+
+
+def run_blocking(plan: Plan, exchange: Callable[[Exchange], Response]) -> FetchResult:
+    """Drive a plan with a blocking ``exchange`` function (threads, processes)."""
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                step = plan.send(None)
+                continue
+            try:
+                response = exchange(step)
+            except FetchError as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(response)
+    except StopIteration as done:
+        return done.value
+
+
+async def run_async(plan: Plan, exchange: Callable[[Exchange], Awaitable[Response]]) -> FetchResult:
+    """Drive a plan with an ``async`` exchange function (asyncio engines)."""
+    import asyncio
+
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
+                step = plan.send(None)
+                continue
+            try:
+                response = await exchange(step)
+            except FetchError as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(response)
+    except StopIteration as done:
+        return done.value
+
+
+def describe(exc: BaseException) -> str:
+    """A short ``detail`` for a record: the exception's type and message."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def join_headers(pairs) -> dict[str, str]:
+    """Lower-cased header dict from (name, value) pairs; repeats joined with ', '."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        if isinstance(name, bytes):
+            name = name.decode("latin-1")
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers

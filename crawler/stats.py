@@ -1,0 +1,156 @@
+"""Per-engine-run statistics: counters, a latency histogram, CPU and memory.
+
+One :class:`RunStats` per engine run (after Scrapy's ``StatsCollector``);
+:mod:`crawler.report` formats what :meth:`RunStats.summary` returns.
+Nothing here grows with the URL list: latencies go into a fixed histogram.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import threading
+import time
+from collections import Counter
+
+import psutil
+
+from .fetching import ERROR_CODES
+
+
+class LatencyHistogram:
+    """Log-bucketed histogram (1 % wide buckets): percentiles in bounded memory."""
+
+    GROWTH = 1.01
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.max = 0.0
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        self.max = max(self.max, ms)
+        self.buckets[math.floor(math.log(max(ms, 0.01), self.GROWTH))] += 1
+
+    def percentile(self, p: float) -> float:
+        if not self.count:
+            return 0.0
+        rank = max(1, math.ceil(self.count * p / 100))
+        seen = 0
+        for bucket in sorted(self.buckets):
+            seen += self.buckets[bucket]
+            if seen >= rank:
+                # upper edge of the bucket, but never above the exact maximum
+                return min(self.GROWTH ** (bucket + 1), self.max)
+        return self.max
+
+
+class MemorySampler:
+    """Samples the RSS of this process plus its children (minus ``exclude``)."""
+
+    def __init__(self, exclude: frozenset[int] = frozenset(), interval: float = 0.1):
+        self.exclude = exclude
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="crawl-rss", daemon=True)
+        self._me = psutil.Process()
+
+    def sample(self) -> None:
+        total = self._me.memory_info().rss
+        for child in self._me.children(recursive=True):
+            if child.pid in self.exclude:
+                continue
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass  # ended between listing and reading
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "MemorySampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def cpu_seconds() -> float:
+    """User+sys CPU of this process and of its children already reaped."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class RunStats:
+    """Everything the report says about one engine's run."""
+
+    def __init__(self, engine: str):
+        self.engine = engine
+        self.lines_read = 0
+        self.skipped = 0
+        self.records = 0
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.bytes = 0
+        self.latency = LatencyHistogram()
+        self.parse_cpu_s = 0.0
+        self.parsed_pages = 0
+        self.wall_s = 0.0
+        self.cpu_s = 0.0
+        self.peak_rss_mb = 0.0
+        self.interrupted = False
+        self._started = 0.0
+        self._cpu_started = 0.0
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self._cpu_started = cpu_seconds()
+
+    def stop(self) -> None:
+        self.wall_s = time.perf_counter() - self._started
+        self.cpu_s = cpu_seconds() - self._cpu_started
+
+    def record(self, record: dict) -> None:
+        self.records += 1
+        if record["ok"]:
+            self.ok += 1
+        else:
+            self.errors[record["error"] or "other"] += 1
+        self.bytes += record["bytes"]
+        self.latency.add(record["fetch_ms"])
+
+    def summary(self) -> dict:
+        wall = round(self.wall_s, 3) or 1e-3
+        failed = self.records - self.ok
+        return {
+            "engine": self.engine,
+            "urls": self.records,
+            "ok": self.ok,
+            "failed": failed,
+            "errors": {code: self.errors[code] for code in ERROR_CODES if self.errors[code]},
+            "lines_read": self.lines_read,
+            "skipped": self.skipped,
+            "wall_s": wall,
+            "pages_per_s": round(self.ok / wall, 2),
+            "mb_per_s": round(self.bytes / 1e6 / wall, 2),
+            "fetch_ms": {
+                "p50": round(self.latency.percentile(50), 1),
+                "p95": round(self.latency.percentile(95), 1),
+                "p99": round(self.latency.percentile(99), 1),
+                "max": round(self.latency.max, 1),
+            },
+            "parse_cpu_s": round(self.parse_cpu_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "interrupted": self.interrupted,
+        }

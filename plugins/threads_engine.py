@@ -1,0 +1,54 @@
+"""``threads``: a ThreadPoolExecutor of blocking requests, one Session per thread.
+
+Threads overlap their waiting; the GIL lets one run Python at a time, so
+the client's CPU work (parsing HTTP, decoding) is serialised on one core.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Iterable, Iterator
+
+import crawler
+from crawler.fetching import fetch_plan, run_blocking
+
+from . import requests_exchange
+
+
+class ThreadsEngine:
+    name = "threads"
+    description = "ThreadPoolExecutor + requests, a Session per thread"
+
+    def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+        local = threading.local()
+        verify = settings.ca_file or True
+
+        def fetch_one(url: str) -> crawler.FetchResult:
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = requests_exchange.new_session()
+            return run_blocking(fetch_plan(url, settings), lambda step: requests_exchange.exchange(session, step, verify))
+
+        limit = settings.concurrency * 2  # futures in flight: enough to keep every thread busy
+        pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="crawl-fetch")
+        pending: set = set()
+        try:
+            for url in urls:
+                pending.add(pool.submit(fetch_one, url))
+                if len(pending) >= limit:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (future.result() for future in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        finally:
+            for future in pending:
+                future.cancel()
+            # Running requests end by their own deadline; don't block Ctrl-C on them.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@crawler.hookimpl
+def crawler_engines():
+    return [ThreadsEngine()]

@@ -1,0 +1,8 @@
+"""Placeholder: the `yield` engine is being written (issue 3)."""
+
+import crawler
+
+
+@crawler.hookimpl
+def crawler_engines():
+    return []
