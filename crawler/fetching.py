@@ -152,8 +152,11 @@ def host_port(url: str) -> tuple[str, int]:
 
 def redirect_target(url: str, location: str) -> str:
     """Absolute target of a redirect, or ``FetchError`` for a non-http(s) target."""
+    location = location.strip()
     try:
-        target = urljoin(url, location.strip())
+        # urljoin would read "http://" (no host) as "the same page"; an absolute
+        # Location stands on its own.
+        target = location if urlsplit(location).scheme else urljoin(url, location)
     except ValueError as exc:
         raise FetchError("invalid_url", f"bad redirect Location: {exc}") from None
     try:

@@ -85,6 +85,11 @@ def _classify(exc: BaseException) -> FetchError:
     """Map a requests/urllib3/socket exception to a shared error code."""
     detail = describe(exc)
     chain = _causes(exc)
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError: test it first.
+    if any(isinstance(e, (ConnectionRefusedError, urllib3.exceptions.NewConnectionError)) for e in chain) and not any(
+        isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for e in chain
+    ):
+        return FetchError("connect", detail)
     if any(isinstance(e, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)) for e in chain):
         return FetchError("timeout", detail)
     if any(isinstance(e, (urllib3.exceptions.NameResolutionError, socket.gaierror)) for e in chain):
@@ -93,9 +98,7 @@ def _classify(exc: BaseException) -> FetchError:
         return FetchError("invalid_url", detail)
     if any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)) for e in chain):
         return FetchError("connect", detail)
-    if any(isinstance(e, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)) for e in chain) and not any(
-        isinstance(e, (ConnectionRefusedError, urllib3.exceptions.NewConnectionError)) for e in chain
-    ):
+    if any(isinstance(e, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)) for e in chain):
         if any(isinstance(e, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) for e in chain) or "RemoteDisconnected" in detail:
             return FetchError("connect", detail)
         return FetchError("protocol", detail)

@@ -1,0 +1,237 @@
+"""Local servers for the tests: every fetch in the suite goes to 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import threading
+import zlib
+from collections import Counter
+
+import pytest
+from aiohttp import web
+
+import crawler
+from crawler.pipeline import RunOptions, run_engine
+from crawler.plugins import engines as registered_engines
+from crawler.plugins import get_plugin_manager
+
+
+def html_page(title: str, body: str = "<p>hello world from a local page</p>", head: str = "") -> bytes:
+    return f"<!doctype html><html><head>{head}<title>{title}</title></head><body>{body}</body></html>".encode()
+
+
+BOMB = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)  # ~64 KB on the wire, 64 MB inflated
+
+
+def build_app(hits: Counter) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/page/{name}")
+    async def page(request):
+        hits[request.path] += 1
+        return web.Response(body=html_page(request.match_info["name"]), content_type="text/html")
+
+    @routes.get("/status/{code}")
+    async def status(request):
+        code = int(request.match_info["code"])
+        return web.Response(status=code, body=html_page(f"status {code}"), content_type="text/html")
+
+    @routes.get("/redirect/{n}")
+    async def redirect(request):
+        n = int(request.match_info["n"])
+        target = f"/redirect/{n - 1}" if n > 1 else "/page/final"
+        raise web.HTTPFound(target)
+
+    @routes.get("/loop")
+    async def loop(request):
+        raise web.HTTPFound("/loop")
+
+    @routes.get("/redirect-to")
+    async def redirect_to(request):
+        return web.Response(status=302, headers={"Location": request.query["url"]})
+
+    @routes.get("/flaky/{key}")
+    async def flaky(request):
+        hits[request.path] += 1
+        if hits[request.path] == 1:
+            return web.Response(status=503, text="try again")
+        return web.Response(body=html_page("recovered"), content_type="text/html")
+
+    @routes.get("/delay")
+    async def delay(request):
+        await asyncio.sleep(float(request.query.get("s", "0.3")))
+        return web.Response(body=html_page("late"), content_type="text/html")
+
+    @routes.get("/big")
+    async def big(request):
+        n = int(request.query["n"])
+        return web.Response(body=b"x" * n, content_type="application/octet-stream")
+
+    @routes.get("/gzip")
+    async def gzipped(request):
+        body = gzip.compress(html_page("compressed", "<p>" + "squeeze me " * 500 + "</p>"))
+        return web.Response(body=body, headers={"Content-Encoding": "gzip", "Content-Type": "text/html"})
+
+    @routes.get("/deflate")
+    async def deflated(request):
+        body = zlib.compress(html_page("deflated"))
+        return web.Response(body=body, headers={"Content-Encoding": "deflate", "Content-Type": "text/html"})
+
+    @routes.get("/bomb")
+    async def bomb(request):
+        return web.Response(body=BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "text/html"})
+
+    @routes.get("/latin1")
+    async def latin1(request):
+        body = html_page("café crème", head='<meta charset="iso-8859-1">').decode().encode("latin-1")
+        return web.Response(body=body, headers={"Content-Type": "text/html"})
+
+    @routes.get("/image")
+    async def image(request):
+        return web.Response(body=b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, content_type="image/png")
+
+    @routes.get("/chunked")
+    async def chunked(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/html"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for part in (b"<!doctype html><html><head><title>chunks</title></head><body>", b"<p>one</p>" * 50, b"</body></html>"):
+            await response.write(part)
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    @routes.get("/truncated")
+    async def truncated(request):
+        # promises 10,000 bytes, sends 100 and closes: a body shorter than its Content-Length
+        response = web.StreamResponse(headers={"Content-Type": "text/html", "Content-Length": "10000"})
+        await response.prepare(request)
+        await response.write(b"<html>" + b"x" * 94)
+        await asyncio.sleep(0.05)
+        request.transport.close()
+        return response
+
+    @routes.get("/drip")
+    async def drip(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/html", "Content-Length": "100000"})
+        await response.prepare(request)
+        for _ in range(100000):
+            await response.write(b"x")
+            await asyncio.sleep(0.2)
+        return response
+
+    @routes.get("/user-agent")
+    async def user_agent(request):
+        return web.Response(text=request.headers.get("User-Agent", ""), content_type="text/plain")
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+class LocalServer:
+    """An aiohttp app on 127.0.0.1:<free port>, served from a background thread."""
+
+    def __init__(self, app: web.Application, ssl_context=None):
+        self.app = app
+        self.ssl_context = ssl_context
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        scheme = "https" if ssl_context else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.port}"
+
+    def _serve(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
+        self.loop.run_until_complete(site.start())
+        self.port = runner.addresses[0][1]
+        self.runner = runner
+        ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def hits() -> Counter:
+    return Counter()
+
+
+@pytest.fixture(scope="session")
+def server(hits):
+    srv = LocalServer(build_app(hits))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
+def silent_port():
+    """A port that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def refused_port():
+    """A port bound but not listening: connecting to it is refused, and no one else can take it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+ENGINE_NAMES = sorted(registered_engines(get_plugin_manager()))
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine_name(request) -> str:
+    return request.param
+
+
+def run_records(engine_name: str, urls, parse: bool = True, **settings) -> list[dict]:
+    """Run one engine through the real pipeline (parsing inline) and return its records."""
+    engine = registered_engines(get_plugin_manager())[engine_name]
+    records: list[dict] = []
+    settings.setdefault("timeout", 5.0)
+    settings.setdefault("concurrency", 8)
+    settings.setdefault("backoff_base", 0.05)
+    run_engine(engine, list(urls), crawler.Settings(**settings), RunOptions(parse=parse, parse_workers=0), records.append)
+    return records
+
+
+def by_url(records: list[dict]) -> dict[str, dict]:
+    return {record["url"]: record for record in records}
