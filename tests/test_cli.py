@@ -1,0 +1,188 @@
+"""The ``crawl`` command as a user runs it: a real process, real exit codes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+
+import psutil
+import pytest
+
+from crawler.outputs import RECORD_KEYS
+
+REPORT_KEYS = {
+    "engine", "urls", "ok", "failed", "errors", "lines_read", "skipped", "wall_s", "pages_per_s",
+    "mb_per_s", "fetch_ms", "parse_cpu_s", "cpu_s", "peak_rss_mb",
+}  # fmt: skip
+
+
+def crawl(*args: str, stdin: str | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crawler", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture
+def pages(httpserver):
+    for name in ("a", "b", "c"):
+        httpserver.expect_request(f"/{name}").respond_with_data(
+            f"<html><head><title>page {name}</title></head><body><p>one two three</p><a href='/a'>a</a></body></html>",
+            content_type="text/html",
+        )
+    return [httpserver.url_for(f"/{name}") for name in ("a", "b", "c")]
+
+
+def test_missing_file_is_a_usage_error(tmp_path):
+    assert_usage_error(crawl(str(tmp_path / "nope.txt")), "nope.txt")
+
+
+def test_unknown_engine_lists_the_known_ones(tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    assert_usage_error(crawl(str(urls), "-e", "warp"), "warp", "asyncio", "threads")
+
+
+@pytest.mark.parametrize("option", [["-c", "0"], ["--timeout", "soon"], ["--retries", "-1"], ["--bogus"], ["--engine-opt", "novalue"]])
+def test_bad_option_values_are_usage_errors(tmp_path, option):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    assert_usage_error(crawl(str(urls), *option))
+
+
+def test_neither_file_nor_demo_is_a_usage_error():
+    assert_usage_error(crawl(), "URLS_FILE")
+
+
+def test_plugin_that_does_not_import_is_a_usage_error(tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    assert_usage_error(crawl(str(urls), "--plugin", "no_such_module_here"), "no_such_module_here")
+
+
+def test_list_engines_shows_every_builtin():
+    result = crawl("--list-engines")
+    assert result.returncode == 0, result.stderr
+    names = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    assert {"asyncio", "threads"} <= names
+
+
+def test_builtins_are_registered_through_entry_points():
+    found = {ep.name: ep.value for ep in entry_points(group="crawler")}
+    assert found["asyncio"] == "crawler_plugins.asyncio_engine"
+    assert found["threads"] == "crawler_plugins.threads_engine"
+    assert found["pool"] == "crawler_plugins.pool_engine"
+    assert found["yield"] == "crawler_plugins.yield_engine"
+
+
+FAKE_PLUGIN = '''
+import crawler
+
+class Echo:
+    name = "echo"
+    description = "answers every URL with 200 and an empty page, without a network"
+
+    def fetch(self, urls, settings):
+        for url in urls:
+            yield crawler.FetchResult(url=url, status=200, final_url=url, headers={"content-type": "text/html"},
+                                      body=b"<title>echo</title>")
+
+@crawler.hookimpl
+def crawler_engines():
+    return [Echo()]
+'''
+
+
+def test_plugin_from_the_command_line_is_listed_and_runs(tmp_path):
+    (tmp_path / "echo_engine_plugin.py").write_text(FAKE_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    listed = crawl("--plugin", "echo_engine_plugin", "--list-engines", env=env)
+    assert listed.returncode == 0 and "echo" in listed.stdout
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/x\nhttp://127.0.0.1:9/y\n")
+    out = tmp_path / "r.jsonl"
+    result = crawl(str(urls), "--plugin", "echo_engine_plugin", "-e", "echo", "--out", str(out), "-q", "--parse-workers", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["title"] for r in records] == ["echo", "echo"] and {r["engine"] for r in records} == {"echo"}
+
+
+def test_duplicate_engine_name_is_a_usage_error(tmp_path):
+    (tmp_path / "dup_plugin.py").write_text(FAKE_PLUGIN.replace('"echo"', '"asyncio"'))
+    result = crawl("--plugin", "dup_plugin", "--list-engines", env={"PYTHONPATH": str(tmp_path)})
+    assert_usage_error(result, "asyncio", "twice")
+
+
+def test_stdin_and_file_lines(pages, tmp_path):
+    text = "\ufeff# a comment\r\n\r\n  " + pages[0] + "  \r\n" + "\n".join(pages[1:]) + "\nnot a url\n"
+    out = tmp_path / "r.jsonl"
+    result = crawl("-", "--out", str(out), "-q", "--parse-workers", "0", stdin=text)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["url"] for r in records) == sorted(pages + ["not a url"])
+
+
+def test_records_and_report_of_two_engines(pages, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(pages + ["http://", pages[0]]) + "\n")
+    out, report_path = tmp_path / "r.jsonl", tmp_path / "r.json"
+    result = crawl(str(urls), "-e", "threads,asyncio", "--out", str(out), "--report", str(report_path), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "pages/s" in result.stdout and "threads" in result.stdout and "asyncio" in result.stdout
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 * 5
+    for record in records:
+        assert tuple(record) == RECORD_KEYS
+        assert isinstance(record["fetch_ms"], (int, float))
+        if record["ok"]:
+            assert record["title"].startswith("page ") and record["links"] == 1 and record["words"] == 4  # "one two three a"
+            assert len(record["simhash"]) == 16 and len(record["sha256"]) == 64
+
+    report = json.loads(report_path.read_text())
+    assert set(report) >= {"engines", "settings", "python", "platform"}
+    assert [e["engine"] for e in report["engines"]] == ["threads", "asyncio"]
+    for engine in report["engines"]:
+        assert REPORT_KEYS <= set(engine)
+        assert set(engine["fetch_ms"]) == {"p50", "p95", "p99", "max"}
+        assert engine["urls"] == 5 and engine["ok"] == 4 and engine["failed"] == 1
+        assert engine["ok"] + engine["failed"] == engine["urls"] == engine["lines_read"]
+        assert engine["errors"] == {"invalid_url": 1}
+        assert engine["pages_per_s"] == pytest.approx(engine["ok"] / engine["wall_s"], rel=0.01)
+        assert engine["cpu_s"] > 0 and engine["peak_rss_mb"] > 10
+    assert max(e["relative"] for e in report["engines"]) == 1.0
+
+
+def test_demo_crawls_every_page_and_leaves_no_server_behind(tmp_path):
+    report_path = tmp_path / "r.json"
+    before = {p.pid for p in psutil.process_iter()}
+    result = crawl("--demo", "-e", "asyncio", "--report", str(report_path), "--demo-pages", "200", "-q")
+    assert result.returncode == 0, result.stderr
+    [engine] = json.loads(report_path.read_text())["engines"]
+    assert engine["urls"] == engine["ok"] == 200
+    leftovers = [
+        p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before and "crawler.site" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftovers == []
+
+
+def test_version():
+    result = crawl("--version")
+    assert result.returncode == 0 and result.stdout.startswith("crawl ")
