@@ -126,7 +126,7 @@ def crawl(
 
     summaries: list[dict] = []
     code = ExitCode.OK
-    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.ExitStack() as stack:
             if demo:
@@ -159,7 +159,8 @@ def crawl(
     except Terminated:
         code = ExitCode.TERMINATED
     finally:
-        signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code != ExitCode.OK:
         typer.echo(f"crawl: interrupted; the report covers what completed", err=True)
     if summaries:
@@ -175,8 +176,15 @@ def crawl(
     raise typer.Exit(code)
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _interrupted(signum, frame):
+    """First SIGINT/SIGTERM: wind down, keep what was fetched. A second one: leave now."""
+    signal.signal(signal.SIGINT, _exit_now)
+    signal.signal(signal.SIGTERM, _exit_now)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+
+
+def _exit_now(signum, frame):
+    os._exit(128 + signum)
 
 
 def _engine_options(pairs: list[str]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -99,7 +100,7 @@ class ParseStage:
         # Not fork: the asyncio engine and the progress bar run threads, and
         # forking a process with threads alive can deadlock the child.
         context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_interrupts)
         # Start every worker now, so that process start-up is not timed as parsing.
         for future in [self._executor.submit(parse.parse_batch, []) for _ in range(self.workers)]:
             future.result()
@@ -175,6 +176,12 @@ class ParseStage:
         else:
             self._executor.shutdown(wait=True)
         self._executor = None
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; the parent alone decides what
+    # happens (it cancels the stage), so workers must not die mid-batch on it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def counted(urls: Iterable[str], stats: RunStats) -> Iterator[str]:
