@@ -1,0 +1,35 @@
+"""README's promises, checked: its example plugin runs, its commands are the CI's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_example_plugin_from_readme_runs(tmp_path, server):
+    [code] = re.findall(r"```python\n(# my_urllib_engine.py\n.*?)```", README, re.S)
+    (tmp_path / "my_urllib_engine.py").write_text(code)
+    urls = tmp_path / "urls.txt"
+    urls.write_text(f"{server.url('/page/readme')}\n{server.url('/redirect/2')}\n{server.url('/status/404')}\n")
+    out = tmp_path / "r.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "crawler", str(urls), "--plugin", "my_urllib_engine", "-e", "urllib",
+         "--out", str(out), "-q", "--parse-workers", "0"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = {r["url"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert records[server.url("/page/readme")]["title"] == "readme"
+    assert records[server.url("/redirect/2")]["final_url"] == server.url("/page/final")
+    assert records[server.url("/status/404")]["error"] == "http_status"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "<!-- test-command -->" in ci and "<!-- test-command -->" in README
