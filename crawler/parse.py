@@ -18,6 +18,7 @@ import codecs
 import functools
 import hashlib
 import re
+import signal
 import time
 from urllib.parse import urldefrag, urljoin, urlsplit
 
@@ -376,20 +377,55 @@ def _error_summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:_ERROR_MAX_CHARS]
 
 
+class ParseTimeout(Exception):
+    """Raised inside a worker when one page has used up its parse time."""
+
+
+_alarm_armed = False
+
+
+def _on_alarm(signum, frame):
+    if _alarm_armed:  # an alarm arriving after the page finished must not hit the next line
+        raise ParseTimeout()
+
+
+def init_worker() -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle; SIGALRM bounds each page."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _on_alarm)
+
+
 def parse_batch(
     items: list[tuple[str, bytes, str | None]],
+    timeout: float | None = None,
 ) -> tuple[list[dict | str], float]:
     """Parse several pages in one worker call and report its CPU time.
 
     Batching amortises the pickling and queue round trip of a pool task.
     A page that makes :func:`parse_page` raise yields an ``"ExcType: msg"``
-    string in its slot instead of failing the whole batch.
+    string in its slot instead of failing the whole batch.  With ``timeout``
+    (only in a worker set up by :func:`init_worker`), a page still being
+    parsed after that many seconds is stopped by SIGALRM and yields an error
+    string; the parent kills workers stuck where a signal cannot reach them
+    (inside C code).
     """
+    global _alarm_armed
     started = time.process_time()
     results: list[dict | str] = []
     for url, body, content_type in items:
         try:
-            results.append(parse_page(url, body, content_type))
+            if timeout:
+                _alarm_armed = True
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+            outcome: dict | str = parse_page(url, body, content_type)
+            _alarm_armed = False
+        except ParseTimeout:
+            outcome = f"parse timed out after {timeout:g} s"
         except Exception as exc:
-            results.append(_error_summary(exc))
+            outcome = _error_summary(exc)
+        finally:
+            _alarm_armed = False
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        results.append(outcome)
     return results, time.process_time() - started

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import signal
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -32,7 +32,7 @@ class RunOptions:
 
     parse: bool = True
     parse_workers: int = os.cpu_count() or 1
-    parse_timeout: float = 5.0
+    parse_timeout: float = 5.0  # seconds one page may spend in the parse stage
     batch_size: int = 32  # measured: 1.36x the pages/s of one page per task (benchmarks/parsers.py)
     # bound on page bytes handed to the parse stage and not yet parsed
     parse_bytes_in_flight: int = 64 * 1024 * 1024
@@ -72,81 +72,143 @@ def wants_parse(result: FetchResult) -> bool:
 Done = Callable[[FetchResult, "dict | None", "str | None"], None]
 
 
+@dataclass
+class _Flight:
+    batch: list[FetchResult]
+    size: int
+    sent_at: float
+    executor: ProcessPoolExecutor
+
+
 class ParseStage:
-    """Parses pages in worker processes, in batches, with bounded bytes in flight.
+    """Parses pages in worker processes, in batches, with bounded work in flight.
 
     ``done(result, parsed, error)`` is called once per submitted page, from
-    the executor's result thread.  A batch goes out when it is full, or at
-    once when a worker is idle, so batching never delays an idle stage.
+    the executor's result thread (or the caller's, when recovering).  A batch
+    goes out when it is full, or at once when a worker is idle, so batching
+    never delays an idle stage.
+
+    Faults: a page over ``timeout`` seconds is stopped inside its worker
+    (SIGALRM); a worker stuck where no signal reaches it is killed by a
+    watchdog.  When a worker dies, the pool is rebuilt and the pages of the
+    batches it took down are parsed again one at a time, so that only the
+    page that kills a worker gets ``error: "parse"``.
     """
 
-    def __init__(self, workers: int, done: Done, batch_size: int, bytes_in_flight: int):
+    def __init__(
+        self,
+        workers: int,
+        done: Done,
+        batch_size: int,
+        bytes_in_flight: int,
+        timeout: float | None = None,
+        parse_batch: Callable = parse.parse_batch,  # replaceable for fault-injection tests
+    ):
+        self.parse_batch = parse_batch
         self.workers = workers
         self.done = done
         self.batch_size = batch_size
         self.bytes_limit = bytes_in_flight
+        self.timeout = timeout
         self.parse_cpu_s = 0.0
         self.peak_backlog = 0
+        self.restarts = 0
         self._batch: list[FetchResult] = []
-        self._batch_bytes = 0
-        self._in_flight_batches = 0
+        self._flights: dict[int, _Flight] = {}
         self._in_flight_bytes = 0
-        self._room = threading.Condition()
+        self._orphans: list[FetchResult] = []  # pages of batches whose worker died
+        self._cond = threading.Condition()
         self._executor: ProcessPoolExecutor | None = None
+        self._watchdog: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # --- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
         if self.workers <= 0:
             return
+        self._executor = self._new_executor()
+        if self.timeout:
+            self._watchdog = threading.Thread(target=self._watch, name="crawl-parse-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
         # Not fork: the asyncio engine and the progress bar run threads, and
         # forking a process with threads alive can deadlock the child.
-        context = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_interrupts)
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=parse.init_worker)
         # Start every worker now, so that process start-up is not timed as parsing.
-        for future in [self._executor.submit(parse.parse_batch, []) for _ in range(self.workers)]:
+        for future in [executor.submit(self.parse_batch, []) for _ in range(self.workers)]:
             future.result()
+        return executor
+
+    def close(self, cancel: bool = False) -> None:
+        self._closing.set()
+        if self._executor is None:
+            return
+        if cancel:  # an interrupt must not wait for pages being parsed
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            _kill_workers(self._executor)
+        else:
+            self._executor.shutdown(wait=True)
+        self._executor = None
+
+    # --- feeding --------------------------------------------------------------------
 
     def submit(self, result: FetchResult) -> None:
         if self._executor is None:
-            [outcome], cpu = parse.parse_batch([(result.final_url or result.url, result.body, result.content_type)])
-            self.parse_cpu_s += cpu
-            self._deliver(result, outcome)
+            self._parse_here(result)
             return
         self._batch.append(result)
-        self._batch_bytes += len(result.body)
-        with self._room:
-            idle = self._in_flight_batches < self.workers
+        with self._cond:
+            idle = len(self._flights) < self.workers
         if idle or len(self._batch) >= self.batch_size:
             self._send()
 
-    def _send(self) -> None:
-        batch, size = self._batch, self._batch_bytes
-        self._batch, self._batch_bytes = [], 0
-        with self._room:
-            while self._in_flight_bytes and self._in_flight_bytes + size > self.bytes_limit:
-                self._room.wait()
-            self._in_flight_batches += 1
-            self._in_flight_bytes += size
-            self.peak_backlog = max(self.peak_backlog, self._in_flight_batches)
-        items = [(r.final_url or r.url, r.body, r.content_type) for r in batch]
-        future = self._executor.submit(parse.parse_batch, items)
-        future.add_done_callback(lambda f: self._finished(f, batch, size))
+    def _parse_here(self, result: FetchResult) -> None:
+        [outcome], cpu = self.parse_batch([_item(result)])
+        self.parse_cpu_s += cpu
+        self._deliver(result, outcome)
 
-    def _finished(self, future: Future, batch: list[FetchResult], size: int) -> None:
-        try:
-            outcomes, cpu = future.result()
-            self.parse_cpu_s += cpu
-        except BrokenProcessPool as exc:
-            outcomes = [f"parse worker died: {exc}"] * len(batch)
-        except BaseException as exc:  # cancelled on interrupt, or a pickling error
-            outcomes = [f"{type(exc).__name__}: {exc}"[:200]] * len(batch)
-        try:
-            for result, outcome in zip(batch, outcomes):
+    def _send(self) -> None:
+        batch, self._batch = self._batch, []
+        size = sum(len(r.body) for r in batch)
+        with self._cond:
+            while self._flights and (
+                self._in_flight_bytes + size > self.bytes_limit or len(self._flights) >= 2 * self.workers
+            ):
+                self._cond.wait()
+            if self._orphans:
+                self._recover_locked()
+            flight = _Flight(batch, size, time.monotonic(), self._executor)
+            try:
+                future = self._executor.submit(self.parse_batch, [_item(r) for r in batch], self.timeout)
+            except BrokenProcessPool:  # a worker died since the last batch came back
+                self._orphans.extend(batch)
+                return
+            self._flights[id(future)] = flight
+            self._in_flight_bytes += size
+            self.peak_backlog = max(self.peak_backlog, len(self._flights))
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: Future) -> None:
+        with self._cond:
+            flight = self._flights.pop(id(future))
+            self._in_flight_bytes -= flight.size
+            try:
+                outcomes, cpu = future.result()
+                self.parse_cpu_s += cpu
+            except BrokenProcessPool:
+                outcomes = None
+                if not self._closing.is_set():
+                    self._orphans.extend(flight.batch)
+            except BaseException as exc:  # cancelled by an interrupt, or unpicklable
+                outcomes = [f"{type(exc).__name__}: {exc}"[:200]] * len(flight.batch)
+            self._cond.notify_all()
+        if outcomes is not None:
+            for result, outcome in zip(flight.batch, outcomes):
                 self._deliver(result, outcome)
-        finally:
-            with self._room:
-                self._in_flight_batches -= 1
-                self._in_flight_bytes -= size
-                self._room.notify_all()
 
     def _deliver(self, result: FetchResult, outcome: "dict | str") -> None:
         if isinstance(outcome, dict):
@@ -156,32 +218,72 @@ class ParseStage:
 
     def drain(self) -> None:
         """Send the partial batch and wait until every page is delivered."""
-        if self._batch:
-            self._send()
-        with self._room:
-            while self._in_flight_batches:
-                self._room.wait()
-
-    def close(self, cancel: bool = False) -> None:
         if self._executor is None:
             return
-        if cancel:
-            # An interrupt must not wait for pages being parsed.
-            processes = list((self._executor._processes or {}).values())
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.join(timeout=2)
-        else:
-            self._executor.shutdown(wait=True)
-        self._executor = None
+        if self._batch:
+            self._send()
+        with self._cond:
+            while self._flights or self._orphans:
+                if self._orphans and not self._flights:
+                    self._recover_locked()
+                else:
+                    self._cond.wait()
+
+    # --- faults ---------------------------------------------------------------------
+
+    def _recover_locked(self) -> None:
+        """Rebuild the pool and re-parse orphaned pages one by one (called with the lock held)."""
+        while self._flights:  # every batch of the broken pool must have come back first
+            self._cond.wait()
+        orphans, self._orphans = self._orphans, []
+        self._replace_executor()  # the old one is broken, or about to be marked so
+        for result in orphans:
+            future = self._executor.submit(self.parse_batch, [_item(result)], self.timeout)
+            try:
+                [outcome], cpu = future.result(timeout=(self.timeout or 60) + 2)
+                self.parse_cpu_s += cpu
+            except BrokenProcessPool:
+                outcome = "parse worker died on this page"
+                self._replace_executor()
+            except TimeoutError:
+                outcome = f"parse timed out after {self.timeout:g} s (worker killed)"
+                _kill_workers(self._executor)
+                self._replace_executor()
+            self._deliver(result, outcome)
+
+    def _replace_executor(self) -> None:
+        self.restarts += 1
+        old, self._executor = self._executor, self._new_executor()
+        if old is not None:
+            old.shutdown(wait=False, cancel_futures=True)
+
+    def _watch(self) -> None:
+        """Kill workers stuck on a batch far past what SIGALRM allows (C code ignores signals)."""
+        while not self._closing.wait(0.5):
+            now = time.monotonic()
+            with self._cond:
+                stuck = [
+                    f.executor for f in self._flights.values()
+                    if now - f.sent_at > self.timeout * (len(f.batch) + self.batch_size) + 2
+                ]  # fmt: skip
+            for executor in stuck:
+                _kill_workers(executor)
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group; the parent alone decides what
-    # happens (it cancels the stage), so workers must not die mid-batch on it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _item(result: FetchResult) -> tuple[str, bytes, str | None]:
+    return result.final_url or result.url, result.body, result.content_type
+
+
+def _kill_workers(executor: ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public way to stop a worker mid-task before
+    # Python 3.14's terminate_workers(); its process table is the only handle.
+    if hasattr(executor, "terminate_workers"):
+        executor.terminate_workers()
+        return
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.terminate()
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        process.join(timeout=2)
 
 
 def counted(urls: Iterable[str], stats: RunStats) -> Iterator[str]:
@@ -216,7 +318,11 @@ def run_engine(
             if progress:
                 progress(record)
 
-    stage = ParseStage(options.parse_workers, complete, options.batch_size, options.parse_bytes_in_flight) if options.parse else None
+    stage = (
+        ParseStage(options.parse_workers, complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout)
+        if options.parse
+        else None
+    )
     if stage:
         stage.start()
     results = engine.fetch(counted(urls, stats), settings)
