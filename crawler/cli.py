@@ -25,7 +25,7 @@ from . import __version__
 from .engines import Settings
 from .errors import CrawlerError
 from .fetching import default_user_agent
-from .outputs import open_writer
+from .outputs import CompletedUrls, drop_torn_tail, open_writer
 from .pipeline import RunOptions, run_engine
 from .plugins import engines as registered_engines
 from .plugins import get_engines, get_plugin_manager
@@ -83,7 +83,9 @@ def crawl(
     max_bytes: Annotated[int, typer.Option(min=1, help="Largest decoded body kept; a larger one is the error too_large.")] = 10 * 1024 * 1024,
     parse_workers: Annotated[int, typer.Option(min=0, help="Processes in the parse stage; 0 parses in the main process.", show_default="CPU count")] = os.cpu_count() or 1,
     no_parse: Annotated[bool, typer.Option("--no-parse", help="Skip the parse stage (fetch-only throughput).")] = False,
+    parse_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds one page may spend in the parse stage; past it the page gets error 'parse'.")] = 5.0,
     out: Annotated[Optional[str], typer.Option(help="Write records as JSON Lines to this file, one per URL per engine.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="With --out: skip URLs that already have a record for the engine in that file, append the rest.")] = False,
     report: Annotated[Optional[str], typer.Option(help="Write the throughput report as JSON to this file.")] = None,
     plugin: Annotated[Optional[list[str]], typer.Option(help="Import MODULE and register it as a plugin; repeatable. 'no:NAME' blocks an installed plugin.", metavar="MODULE")] = None,
     list_engines: Annotated[bool, typer.Option("--list-engines", help="Print every registered engine and exit.")] = False,
@@ -117,7 +119,9 @@ def crawl(
             ca_file=ca_file,
             engine_options=_engine_options(engine_opt or []),
         )
-        options = RunOptions(parse=not no_parse, parse_workers=parse_workers)
+        options = RunOptions(parse=not no_parse, parse_workers=parse_workers, parse_timeout=parse_timeout)
+        if resume and not out:
+            raise CrawlerError("--resume needs --out PATH: the file whose records say what is done")
         if ca_file and not os.path.isfile(ca_file):
             raise CrawlerError(f"CA file not found: {ca_file}")
     except CrawlerError as exc:
@@ -139,18 +143,25 @@ def crawl(
             else:
                 sources = stack.enter_context(_url_sources(urls_file, several=len(chosen) > 1))
                 total, exclude = None, frozenset()
-            writer = open_writer(out)
+            if resume:
+                drop_torn_tail(out)
+            writer = open_writer(out, append=resume)
             stack.callback(writer.close)
             progress = stack.enter_context(_progress(quiet))
             for selected in chosen:
                 task = progress.add_task(selected.name, total=total) if progress else None
                 advance = (lambda record, task=task: progress.advance(task)) if progress else None
+                done = CompletedUrls(out, selected.name) if resume else None
                 try:
-                    stats = run_engine(selected, sources(), settings, options, writer.write, advance, exclude)
+                    stats = run_engine(
+                        selected, sources(), settings, options, writer.write, advance, exclude, done.take if done else None
+                    )
                 except (KeyboardInterrupt, Terminated) as exc:
                     summaries.append(exc.run_stats.summary())
                     raise
                 summaries.append(stats.summary())
+                if stats.accounting_error:
+                    typer.secho(f"crawl: BUG: {selected.name}: {stats.accounting_error}", err=True, fg="red", bold=True)
     except CrawlerError as exc:
         typer.echo(f"crawl: error: {exc}", err=True)
         raise typer.Exit(ExitCode.USAGE) from None

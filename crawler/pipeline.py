@@ -286,9 +286,12 @@ def _kill_workers(executor: ProcessPoolExecutor) -> None:
         process.join(timeout=2)
 
 
-def counted(urls: Iterable[str], stats: RunStats) -> Iterator[str]:
+def counted(urls: Iterable[str], stats: RunStats, skip: Callable[[str], bool] | None) -> Iterator[str]:
     for url in urls:
         stats.lines_read += 1
+        if skip and skip(url):
+            stats.skipped += 1
+            continue
         yield url
 
 
@@ -300,8 +303,11 @@ def run_engine(
     write: Callable[[dict], None],
     progress: Callable[[dict], None] | None = None,
     exclude_pids: frozenset[int] = frozenset(),
+    skip: Callable[[str], bool] | None = None,
 ) -> RunStats:
     """Fetch ``urls`` with ``engine``, write one record per URL, return the stats.
+
+    ``skip(url)`` true means the URL already has its record (``--resume``).
 
     On ``KeyboardInterrupt`` (or any exception) the engine is closed, the
     parse stage stopped, the stats of what completed kept, and the exception
@@ -325,7 +331,7 @@ def run_engine(
     )
     if stage:
         stage.start()
-    results = engine.fetch(counted(urls, stats), settings)
+    results = engine.fetch(counted(urls, stats, skip), settings)
     memory = MemorySampler(exclude_pids)
     try:
         with memory:
@@ -352,6 +358,7 @@ def run_engine(
     else:
         if stage:
             stage.close()
+        stats.check_accounting()
     finally:
         stats.peak_rss_mb = memory.peak / 2**20
         if stage:

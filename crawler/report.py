@@ -42,6 +42,7 @@ ROWS = [
     ("relative", "relative", "{:.2f}×"),
     ("MB/s", "mb_per_s", "{:,.2f}"),
     ("wall s", "wall_s", "{:.2f}"),
+    ("skipped", "skipped", "{}"),
     ("fetch p50 ms", ("fetch_ms", "p50"), "{:,.1f}"),
     ("fetch p95 ms", ("fetch_ms", "p95"), "{:,.1f}"),
     ("fetch p99 ms", ("fetch_ms", "p99"), "{:,.1f}"),

@@ -109,6 +109,7 @@ class RunStats:
         self.cpu_s = 0.0
         self.peak_rss_mb = 0.0
         self.interrupted = False
+        self.accounting_error: str | None = None
         self._started = 0.0
         self._cpu_started = 0.0
 
@@ -128,6 +129,15 @@ class RunStats:
             self.errors[record["error"] or "other"] += 1
         self.bytes += record["bytes"]
         self.latency.add(record["fetch_ms"])
+
+    def check_accounting(self) -> None:
+        """Every line read and not skipped must have exactly one record: anything else is a bug."""
+        expected = self.lines_read - self.skipped
+        if self.records != expected or self.ok + sum(self.errors.values()) != self.records:
+            self.accounting_error = (
+                f"{self.records} records ({self.ok} ok + {sum(self.errors.values())} failed) "
+                f"for {self.lines_read} lines read - {self.skipped} skipped = {expected}"
+            )
 
     def summary(self) -> dict:
         wall = round(self.wall_s, 3) or 1e-3
@@ -153,4 +163,5 @@ class RunStats:
             "cpu_s": round(self.cpu_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "interrupted": self.interrupted,
+            "accounting_error": self.accounting_error,
         }

@@ -186,3 +186,26 @@ def test_demo_crawls_every_page_and_leaves_no_server_behind(tmp_path):
 def test_version():
     result = crawl("--version")
     assert result.returncode == 0 and result.stdout.startswith("crawl ")
+
+
+def test_resume_skips_what_is_done_and_appends_the_rest(pages, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(pages + [pages[0]]) + "\n")
+    out, report = tmp_path / "r.jsonl", tmp_path / "r.json"
+    done = {"engine": "asyncio", "url": pages[0], "ok": True}
+    # one finished record for pages[0], one for another engine, and a line torn by a kill
+    out.write_text(json.dumps(done) + "\n" + json.dumps({**done, "engine": "threads"}) + "\n" + '{"engine": "asyncio", "url": "' + pages[1][:10])
+    result = crawl(str(urls), "--out", str(out), "--resume", "--report", str(report), "-q", "--parse-workers", "0")
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # the torn line is gone: every line parses
+    asyncio_urls = sorted(r["url"] for r in records if r["engine"] == "asyncio")
+    assert asyncio_urls == sorted(pages + [pages[0]])  # pages[0] twice: once before, once now
+    [summary] = json.loads(report.read_text())["engines"]
+    assert summary["skipped"] == 1 and summary["lines_read"] == 4 and summary["urls"] == 3
+
+
+def test_resume_without_out_is_a_usage_error(tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    assert_usage_error(crawl(str(urls), "--resume"), "--out")
