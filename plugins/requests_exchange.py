@@ -8,8 +8,12 @@ shared error codes.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import socket
 import ssl
+import threading
+import time
 
 import requests
 import urllib3
@@ -17,12 +21,118 @@ import urllib3
 from crawler.fetching import READ_CHUNK, BodyDecoder, Exchange, FetchError, Response, describe
 
 
+class _Deadlines:
+    """One thread per process that shuts down sockets whose request ran out of time.
+
+    requests' timeouts are per socket operation: a server that drips a byte
+    at a time never trips them.  Shutting the socket down from outside
+    wakes the blocked read at the deadline, wherever it is (headers or body).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, "_Guard"]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, guard: "_Guard") -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(target=self._run, name="crawl-deadlines", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (guard.deadline, next(self._seq), guard))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0][2].active:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)[2].expire()
+
+
+_deadlines = _Deadlines()
+_current = threading.local()  # the guard of the request this thread is making
+
+
+class _Guard:
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.active = True
+        self.expired = False
+        self.sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self.sock = sock
+            if self.expired:
+                _shutdown(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.active:
+                self.expired = True
+                _shutdown(self.sock)
+
+    def __enter__(self) -> "_Guard":
+        _current.guard = self
+        _deadlines.add(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.active = False
+        _current.guard = None
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+class _WatchedConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self, *args, **kwargs):
+        guard = getattr(_current, "guard", None)
+        if guard is not None:
+            guard.watch(self.sock)  # from here on the server can stall us: headers, then body
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    getresponse = _WatchedConnection.getresponse
+
+
+class _WatchedPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedPool, "https": _WatchedHTTPSPool}
+
+
 def new_session(concurrency: int = 1) -> requests.Session:
     session = requests.Session()
     # Proxies and .netrc from the environment are off, as they are in aiohttp,
     # so every engine sends the same request; it also saves a lookup per request.
     session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=max(1, concurrency), max_retries=0)
+    adapter = _WatchedAdapter(pool_connections=16, pool_maxsize=max(1, concurrency), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -33,6 +143,19 @@ def exchange(session: requests.Session, step: Exchange, verify: bool | str = Tru
     remaining = step.remaining()
     if remaining <= 0:
         raise FetchError("timeout", "request deadline passed")
+    with _Guard(step.deadline) as guard:
+        try:
+            response = _exchange(session, step, remaining, verify)
+        except FetchError as exc:
+            if guard.expired and exc.code != "too_large":
+                raise FetchError("timeout", "no complete response within the deadline", response=exc.response) from None
+            raise
+    if guard.expired:  # the shut-down socket read as a clean end of the message
+        raise FetchError("timeout", "no complete response within the deadline", response=response)
+    return response
+
+
+def _exchange(session: requests.Session, step: Exchange, remaining: float, verify: bool | str) -> Response:
     try:
         resp = session.get(
             step.url,
@@ -44,41 +167,26 @@ def exchange(session: requests.Session, step: Exchange, verify: bool | str = Tru
         )
     except requests.exceptions.RequestException as exc:
         raise _classify(exc) from None
+    headers = {name.lower(): value for name, value in resp.headers.items()}
+    got = Response(resp.status_code, headers)
     try:
-        headers = {name.lower(): value for name, value in resp.headers.items()}
-        got = Response(resp.status_code, headers)
         decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes)
-        raw = resp.raw
-        while True:
-            # read1 returns what one recv gave, so a dripping server meets the
-            # deadline check below instead of filling a 64 KB read forever.
-            chunk = raw.read1(READ_CHUNK, decode_content=False)
-            if not chunk:
-                break
+        # read1 returns what one recv gave: the body streams through the
+        # decoder (and its size limit) as it arrives.
+        while chunk := resp.raw.read1(READ_CHUNK, decode_content=False):
             decoder.feed(chunk)
-            if step.remaining() <= 0:
-                raise FetchError("timeout", "request deadline passed while reading the body", response=got)
-            _set_read_timeout(raw, step.remaining())
         return Response(resp.status_code, headers, decoder.finish())
     except FetchError as exc:
-        exc.response = exc.response or Response(resp.status_code, headers)
+        exc.response = exc.response or got
         resp.close()
         raise
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         resp.close()
         error = _classify(exc)
-        error.response = Response(resp.status_code, headers)
         if error.code == "connect":  # the status line arrived, so the connection worked
-            error = FetchError("protocol", error.detail, response=error.response)
+            error = FetchError("protocol", error.detail)
+        error.response = got
         raise error from None
-
-
-def _set_read_timeout(raw, seconds: float) -> None:
-    sock = getattr(getattr(raw, "_connection", None), "sock", None) or getattr(getattr(raw, "_fp", None), "fp", None)
-    sock = getattr(sock, "raw", sock)
-    sock = getattr(sock, "_sock", sock)
-    if isinstance(sock, socket.socket):
-        sock.settimeout(max(seconds, 0.001))
 
 
 def _classify(exc: BaseException) -> FetchError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import struct
 import threading
 import zlib
 from collections import Counter
@@ -235,3 +236,87 @@ def run_records(engine_name: str, urls, parse: bool = True, **settings) -> list[
 
 def by_url(records: list[dict]) -> dict[str, dict]:
     return {record["url"]: record for record in records}
+
+
+class RawServer:
+    """A loopback TCP server answering each path with hand-written bytes, to break HTTP on purpose.
+
+    ``routes[path]`` is a list of actions: ``bytes`` are sent, a float sleeps,
+    ``"reset"`` closes with RST, ``"close"`` closes cleanly, ``"hold"`` keeps
+    the connection open until the server stops.
+    """
+
+    def __init__(self, routes: dict):
+        self.routes = routes
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                request += data
+            path = request.split(b" ")[1].decode()
+            for action in self.routes.get(path, [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "close"]):
+                if isinstance(action, bytes):
+                    conn.sendall(action)
+                elif isinstance(action, float):
+                    if self.stop.wait(action):
+                        return
+                elif action == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.close()
+                    return
+                elif action == "hold":
+                    self.stop.wait()
+                elif action == "close":
+                    break
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+
+
+@pytest.fixture(scope="session")
+def raw_server():
+    srv = RawServer(
+        {
+            "/reset-mid-body": [HEAD + b"Content-Length: 100000\r\n\r\n" + b"x" * 5000, 0.05, "reset"],
+            "/bad-chunked": [HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ\r\nnot a chunk\r\n", "close"],
+            "/short-body": [HEAD + b"Content-Length: 5000\r\n\r\n" + b"<html>" + b"x" * 100, "close"],
+            "/garbage-status": [b"HTCPCP/1.0 I'm a teapot\r\n\r\n", "close"],
+            "/headers-then-stall": [HEAD + b"Content-Length: 100\r\n\r\n", "hold"],
+            "/drip-headers": [b"HTTP/1.1 200 OK\r\n"] + [x for _ in range(200) for x in (b"X-Drip: 1\r\n", 0.1)] + ["close"],
+            "/close-before-status": ["close"],
+            "/bad-gzip": [HEAD + b"Content-Encoding: gzip\r\nContent-Length: 20\r\n\r\n" + b"\x1f\x8b" + b"\x00" * 18, "close"],
+        }
+    )
+    yield srv
+    srv.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from conftest import by_url, run_records
 
 
@@ -163,3 +164,68 @@ def test_concurrency_overlaps_waiting(engine_name, server):
     elapsed = time.monotonic() - started
     assert all(r["ok"] for r in records) and len(records) == 40
     assert elapsed < 40 * 0.3 / 4  # sequential would take 12 s; 20 at a time about 0.6 s
+
+
+# --- servers that break HTTP on purpose ------------------------------------------------
+
+
+def test_reset_mid_body_is_protocol(engine_name, raw_server):
+    [record] = run_records(engine_name, [raw_server.url("/reset-mid-body")], retries=0)
+    assert record["error"] == "protocol" and record["status"] == 200 and record["bytes"] == 0
+
+
+def test_invalid_chunked_framing_is_protocol(engine_name, raw_server):
+    [record] = run_records(engine_name, [raw_server.url("/bad-chunked")], retries=0)
+    # aiohttp parses headers and the first chunk in one go and fails before it
+    # hands out the response, so its status may be unknown
+    assert record["error"] == "protocol" and record["status"] in (200, None)
+
+
+def test_content_length_longer_than_the_body_is_protocol(engine_name, raw_server):
+    [record] = run_records(engine_name, [raw_server.url("/short-body")], retries=0)
+    assert record["error"] == "protocol"
+
+
+def test_corrupt_gzip_is_protocol(engine_name, raw_server):
+    [record] = run_records(engine_name, [raw_server.url("/bad-gzip")], retries=0)
+    assert record["error"] == "protocol" and record["status"] == 200
+
+
+def test_garbage_instead_of_a_status_line_is_protocol(engine_name, raw_server):
+    [record] = run_records(engine_name, [raw_server.url("/garbage-status")], retries=0)
+    assert record["error"] == "protocol" and record["status"] is None
+
+
+def test_connection_closed_before_the_status_line_is_connect(engine_name, raw_server):
+    [record] = run_records(engine_name, [raw_server.url("/close-before-status")], retries=0)
+    assert record["error"] == "connect" and record["status"] is None
+
+
+@pytest.mark.parametrize("path", ["/headers-then-stall", "/drip-headers"])
+def test_stalls_and_drips_end_at_the_deadline(engine_name, raw_server, path):
+    started = time.monotonic()
+    [record] = run_records(engine_name, [raw_server.url(path)], timeout=1.0, retries=1)
+    assert record["error"] == "timeout", record
+    assert 1800 <= record["fetch_ms"] < 3500  # two tries of 1 s, a short backoff, a little slack
+    assert time.monotonic() - started < 4.5
+
+
+def test_hostile_url_lines_each_get_a_record(engine_name, server):
+    port = server.port
+    lines = [
+        f"http://127.0.0.1:{port}/page/frag#section",
+        f"http://user:secret@127.0.0.1:{port}/page/userinfo",
+        f"http://[::1]:{port}/page/v6",  # the test server listens on IPv4 only: connect error, not a crash
+        f"http://127.0.0.1:{port}/page/caf\u00e9 \ufffd",  # non-ASCII and a space in the path
+        "http://" + "a" * 100_000 + ".test/",  # a label too long to encode: refused before any lookup
+        "\ufffd\ufffd not a url",
+    ]  # no names to resolve: a lookup would leave the machine
+    records = run_records(engine_name, lines, retries=0, timeout=2)
+    assert sorted(r["url"] for r in records) == sorted(lines)
+    got = by_url(records)
+    assert got[lines[0]]["ok"] and got[lines[0]]["final_url"] == f"http://127.0.0.1:{port}/page/frag"
+    assert got[lines[1]]["ok"]
+    assert got[lines[2]]["error"] == "connect"
+    assert got[lines[3]]["ok"] and got[lines[3]]["title"] == "café \ufffd"
+    assert got[lines[4]]["error"] == "invalid_url"
+    assert got[lines[5]]["error"] == "invalid_url"
