@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import functools
 import hashlib
+import os
 import re
 import signal
 import time
@@ -389,10 +390,25 @@ def _on_alarm(signum, frame):
         raise ParseTimeout()
 
 
-def init_worker() -> None:
-    """Pool initializer: Ctrl-C is the parent's to handle; SIGALRM bounds each page."""
+_clock = None  # in a worker: (shared array, slot) where it posts when its current page started
+
+
+def init_worker(clock=None, next_slot=None) -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle; SIGALRM bounds each page.
+
+    ``clock`` is a shared array of (page start time, pid) pairs, one per
+    worker: the parent's watchdog reads it to kill a worker stuck in C code,
+    where no signal handler runs.
+    """
+    global _clock
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _on_alarm)
+    if clock is not None:
+        with next_slot.get_lock():
+            slot = next_slot.value
+            next_slot.value += 1
+        clock[2 * slot + 1] = os.getpid()
+        _clock = (clock, 2 * slot)
 
 
 def parse_batch(
@@ -414,6 +430,8 @@ def parse_batch(
     results: list[dict | str] = []
     for url, body, content_type in items:
         try:
+            if _clock:
+                _clock[0][_clock[1]] = time.monotonic()
             if timeout:
                 _alarm_armed = True
                 signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -427,5 +445,7 @@ def parse_batch(
             _alarm_armed = False
             if timeout:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+            if _clock:
+                _clock[0][_clock[1]] = 0.0
         results.append(outcome)
     return results, time.process_time() - started

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -76,8 +77,6 @@ Done = Callable[[FetchResult, "dict | None", "str | None"], None]
 class _Flight:
     batch: list[FetchResult]
     size: int
-    sent_at: float
-    executor: ProcessPoolExecutor
 
 
 class ParseStage:
@@ -113,6 +112,7 @@ class ParseStage:
         self.parse_cpu_s = 0.0
         self.peak_backlog = 0
         self.restarts = 0
+        self.watchdog_kills = 0
         self._batch: list[FetchResult] = []
         self._flights: dict[int, _Flight] = {}
         self._in_flight_bytes = 0
@@ -120,6 +120,7 @@ class ParseStage:
         self._cond = threading.Condition()
         self._executor: ProcessPoolExecutor | None = None
         self._watchdog: threading.Thread | None = None
+        self._clock = None
         self._closing = threading.Event()
 
     # --- life cycle -----------------------------------------------------------------
@@ -137,7 +138,11 @@ class ParseStage:
         # forking a process with threads alive can deadlock the child.
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=parse.init_worker)
+        self._clock = context.Array("d", 2 * self.workers)  # per worker: page started at, pid
+        slots = context.Value("i", 0)
+        executor = ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=parse.init_worker, initargs=(self._clock, slots)
+        )
         # Start every worker now, so that process start-up is not timed as parsing.
         for future in [executor.submit(self.parse_batch, []) for _ in range(self.workers)]:
             future.result()
@@ -181,7 +186,7 @@ class ParseStage:
                 self._cond.wait()
             if self._orphans:
                 self._recover_locked()
-            flight = _Flight(batch, size, time.monotonic(), self._executor)
+            flight = _Flight(batch, size)
             try:
                 future = self._executor.submit(self.parse_batch, [_item(r) for r in batch], self.timeout)
             except BrokenProcessPool:  # a worker died since the last batch came back
@@ -239,11 +244,15 @@ class ParseStage:
         self._replace_executor()  # the old one is broken, or about to be marked so
         for result in orphans:
             future = self._executor.submit(self.parse_batch, [_item(result)], self.timeout)
+            kills = self.watchdog_kills
             try:
                 [outcome], cpu = future.result(timeout=(self.timeout or 60) + 2)
                 self.parse_cpu_s += cpu
             except BrokenProcessPool:
-                outcome = "parse worker died on this page"
+                if self.watchdog_kills > kills:
+                    outcome = f"parse timed out after {self.timeout:g} s (worker killed)"
+                else:
+                    outcome = "parse worker died on this page"
                 self._replace_executor()
             except TimeoutError:
                 outcome = f"parse timed out after {self.timeout:g} s (worker killed)"
@@ -258,16 +267,19 @@ class ParseStage:
             old.shutdown(wait=False, cancel_futures=True)
 
     def _watch(self) -> None:
-        """Kill workers stuck on a batch far past what SIGALRM allows (C code ignores signals)."""
-        while not self._closing.wait(0.5):
+        """Kill a worker whose page runs past the timeout where SIGALRM cannot stop it (C code)."""
+        while not self._closing.wait(0.25):
+            clock = self._clock
             now = time.monotonic()
-            with self._cond:
-                stuck = [
-                    f.executor for f in self._flights.values()
-                    if now - f.sent_at > self.timeout * (len(f.batch) + self.batch_size) + 2
-                ]  # fmt: skip
-            for executor in stuck:
-                _kill_workers(executor)
+            with clock.get_lock():
+                posts = clock[:]
+            for started, pid in zip(posts[0::2], posts[1::2]):
+                if started and pid and now - started > self.timeout + 1:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                        self.watchdog_kills += 1
+                    except ProcessLookupError:
+                        pass
 
 
 def _item(result: FetchResult) -> tuple[str, bytes, str | None]:

@@ -64,3 +64,21 @@ def test_a_page_stuck_beyond_signals_is_killed_by_the_watchdog():
     assert parsed is None and "timed out" in error
     assert [(i, outcomes[f"http://a.test/{i}"][1]) for i in range(6) if i != 2 and outcomes[f"http://a.test/{i}"][1] is not None] == []
     assert stage.restarts >= 1
+
+
+def test_hostile_pages_end_as_records_without_stalling_the_stage():
+    deep = crawler.FetchResult(
+        "http://a.test/deep", status=200, headers={"content-type": "text/html"},
+        body=b"<html><body>" + b"<div>" * 300_000 + b"x",  # lexbor's time grows with the square of the depth
+    )  # fmt: skip
+    garbage = crawler.FetchResult("http://a.test/garbage", status=200, body=bytes(range(256)) * 4000, headers={"content-type": "text/html"})
+    codec = crawler.FetchResult(
+        "http://a.test/codec", status=200, headers={"content-type": "text/html"},
+        body=b'<meta charset="x-no-such-codec"><title>caf\xc3\xa9</title>',
+    )  # fmt: skip
+    outcomes, _ = run_stage([deep, garbage, codec] + [page(i) for i in range(10)], timeout=1.0)
+    assert len(outcomes) == 13
+    assert "timed out" in outcomes["http://a.test/deep"][1]
+    assert outcomes["http://a.test/garbage"][1] is None
+    assert outcomes["http://a.test/codec"][0]["title"] == "café"
+    assert all(outcomes[f"http://a.test/{i}"][1] is None for i in range(10))
