@@ -23,10 +23,12 @@ its library's exceptions into :class:`FetchError` codes.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import zlib
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Awaitable, Callable, Generator, Mapping, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -232,12 +234,14 @@ class BodyDecoder:
 # --- the policy --------------------------------------------------------------------
 
 
-def request_headers(settings: Settings) -> dict[str, str]:
-    return {
-        "User-Agent": settings.user_agent or default_user_agent(),
-        "Accept": "*/*",
-        "Accept-Encoding": "gzip, deflate",
-    }
+def request_headers(settings: Settings) -> Mapping[str, str]:
+    """The headers every engine sends (one shared, read-only mapping per user agent)."""
+    return _headers_for(settings.user_agent or default_user_agent())
+
+
+@functools.lru_cache(maxsize=8)
+def _headers_for(user_agent: str) -> Mapping[str, str]:
+    return MappingProxyType({"User-Agent": user_agent, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"})
 
 
 def default_user_agent() -> str:

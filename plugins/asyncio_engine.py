@@ -81,11 +81,12 @@ async def _crawl(urls, settings, results, pending, backlog_limit, stop: asyncio.
     ) as session:
 
         async def exchange(step: Exchange) -> Response:
+            got: list[Response] = []  # the status line, once it has arrived
             try:
                 async with asyncio.timeout(max(step.remaining(), 0)):
-                    return await _exchange(session, step)
+                    return await _exchange(session, step, got)
             except TimeoutError:
-                raise FetchError("timeout", f"no complete response within the deadline") from None
+                raise FetchError("timeout", "no complete response within the deadline", response=got[0] if got else None) from None
 
         async def worker() -> None:
             while True:
@@ -120,11 +121,12 @@ async def _crawl(urls, settings, results, pending, backlog_limit, stop: asyncio.
             pass
 
 
-async def _exchange(session: aiohttp.ClientSession, step: Exchange) -> Response:
+async def _exchange(session: aiohttp.ClientSession, step: Exchange, status_line: list[Response]) -> Response:
     try:
         async with session.get(step.url, headers=step.headers, allow_redirects=False) as resp:
             headers = join_headers(resp.raw_headers)
             got = Response(resp.status, headers)
+            status_line.append(got)
             try:
                 decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes)
                 async for chunk in resp.content.iter_any():

@@ -94,6 +94,7 @@ def test_silent_server_is_timeout_after_every_try(engine_name, silent_port):
 def test_dripping_body_is_bounded_by_the_whole_request_deadline(engine_name, server):
     [record] = run_records(engine_name, [server.url("/drip")], timeout=1.0, retries=0)
     assert record["error"] == "timeout"
+    assert record["status"] == 200 and record["final_url"] == server.url("/drip")  # the status line did come
     assert record["fetch_ms"] < 2500
 
 
