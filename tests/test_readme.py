@@ -33,3 +33,15 @@ def test_example_plugin_from_readme_runs(tmp_path, server):
 def test_ci_runs_the_readme_test_command():
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
     assert "<!-- test-command -->" in ci and "<!-- test-command -->" in README
+
+
+def test_every_hookspec_is_documented_with_its_signature():
+    import inspect
+
+    from crawler import hookspecs
+
+    specs = [name for name, obj in vars(hookspecs).items() if inspect.isfunction(obj) and hasattr(obj, "crawler_spec")]
+    assert specs == ["crawler_engines"]
+    for name in specs:
+        assert inspect.getdoc(getattr(hookspecs, name)), name
+        assert f"def {name}(" in README, f"README shows no example of {name}"
