@@ -29,7 +29,7 @@ from .outputs import CompletedUrls, drop_torn_tail, open_writer
 from .pipeline import RunOptions, run_engine
 from .plugins import engines as registered_engines
 from .plugins import get_engines, get_plugin_manager
-from .report import build_report, render_table, write_report
+from .report import build_report, render_sweep, render_table, write_report
 from .urls import open_url_file, read_url_lines
 
 
@@ -77,7 +77,7 @@ def _version(value: bool) -> None:
 def crawl(
     urls_file: Annotated[Optional[str], typer.Argument(help="File with one URL per line; '-' reads stdin.", show_default=False)] = None,
     engine: Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine name; repeatable and comma-separated; 'all' runs every registered engine.", show_default="asyncio")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Requests in flight at once (processes for pool, threads for threads, coroutines otherwise).")] = 32,
+    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Requests in flight at once (processes for pool, threads for threads, coroutines otherwise); a list such as 1,8,32 sweeps every engine over each level.")] = "32",
     timeout: Annotated[float, typer.Option(min=0.001, help="Seconds for a whole request: connect, headers and body.")] = 10.0,
     retries: Annotated[int, typer.Option(min=0, help="Extra tries for connection errors, timeouts and 502/503/504, with exponential backoff.")] = 1,
     max_bytes: Annotated[int, typer.Option(min=1, help="Largest decoded body kept; a larger one is the error too_large.")] = 10 * 1024 * 1024,
@@ -92,6 +92,8 @@ def crawl(
     demo: Annotated[bool, typer.Option("--demo", help="Crawl the built-in synthetic site on a free loopback port (no network).")] = False,
     demo_pages: Annotated[int, typer.Option(min=1, help="--demo: number of pages of the synthetic site.")] = 1000,
     demo_delay: Annotated[float, typer.Option(min=0.0, help="--demo: seconds the site waits before each response.")] = 0.0,
+    demo_page_kb: Annotated[float, typer.Option(min=6.0, help="--demo: mean page size in KB (pages range from 1/6 to 8/3 of it).")] = 30.0,
+    plot: Annotated[Optional[str], typer.Option(help="Draw the report as a chart (.png or .svg): bars per engine, or lines against concurrency for a sweep.", metavar="PATH")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     user_agent: Annotated[Optional[str], typer.Option(help="User-Agent sent by every engine.", show_default="crawler/VERSION (+URL)")] = None,
     ca_file: Annotated[Optional[str], typer.Option(help="Also trust the CA certificates in this PEM file for https.")] = None,
@@ -110,8 +112,13 @@ def crawl(
         chosen = get_engines(pm, engine or ["asyncio"])
         if demo == (urls_file is not None):
             raise CrawlerError("give a URLS_FILE or --demo (one of the two)")
+        levels = _concurrency_levels(concurrency)
+        if plot:
+            from .plot import check_plot_path
+
+            check_plot_path(plot)
         settings = Settings(
-            concurrency=concurrency,
+            concurrency=levels[0],
             timeout=timeout,
             retries=retries,
             max_bytes=max_bytes,
@@ -136,7 +143,7 @@ def crawl(
             if demo:
                 from .site import serve_in_subprocess
 
-                site = stack.enter_context(serve_in_subprocess(pages=demo_pages, delay=demo_delay))
+                site = stack.enter_context(serve_in_subprocess(pages=demo_pages, delay=demo_delay, mean_kb=demo_page_kb))
                 sources: Callable[[], Iterator[str]] = site.urls
                 total: int | None = demo_pages
                 exclude = frozenset({site.process.pid})
@@ -148,20 +155,23 @@ def crawl(
             writer = open_writer(out, append=resume)
             stack.callback(writer.close)
             progress = stack.enter_context(_progress(quiet))
-            for selected in chosen:
-                task = progress.add_task(selected.name, total=total) if progress else None
+            sweep = len(levels) > 1
+            for level, selected in ((level, selected) for level in levels for selected in chosen):
+                run_settings = settings.replace(concurrency=level)
+                label = f"{selected.name} c={level}" if sweep else selected.name
+                task = progress.add_task(label, total=total) if progress else None
                 advance = (lambda record, task=task: progress.advance(task)) if progress else None
                 done = CompletedUrls(out, selected.name) if resume else None
                 try:
                     stats = run_engine(
-                        selected, sources(), settings, options, writer.write, advance, exclude, done.take if done else None
+                        selected, sources(), run_settings, options, writer.write, advance, exclude, done.take if done else None
                     )
                 except (KeyboardInterrupt, Terminated) as exc:
-                    summaries.append(exc.run_stats.summary())
+                    summaries.append(dict(exc.run_stats.summary(), sweep=sweep))
                     raise
-                summaries.append(stats.summary())
+                summaries.append(dict(stats.summary(), sweep=sweep))
                 if stats.accounting_error:
-                    typer.secho(f"crawl: BUG: {selected.name}: {stats.accounting_error}", err=True, fg="red", bold=True)
+                    typer.secho(f"crawl: BUG: {label}: {stats.accounting_error}", err=True, fg="red", bold=True)
     except CrawlerError as exc:
         typer.echo(f"crawl: error: {exc}", err=True)
         raise typer.Exit(ExitCode.USAGE) from None
@@ -175,15 +185,25 @@ def crawl(
     if code != ExitCode.OK:
         typer.echo(f"crawl: interrupted; the report covers what completed", err=True)
     if summaries:
-        document = build_report(summaries, settings, options, {"demo": demo, "urls_file": urls_file})
+        extra = {"demo": demo, "urls_file": urls_file, "concurrency_levels": levels}
+        if demo:
+            extra.update(demo_pages=demo_pages, demo_delay=demo_delay, demo_page_kb=demo_page_kb)
+        document = build_report(summaries, settings, options, extra, latency_s=demo_delay if demo else None)
         if report:
             write_report(document, report)
         if json_report:
             import json
 
             typer.echo(json.dumps(document, indent=2))
+        elif len(levels) > 1:
+            render_sweep(document, stdout)
         else:
             render_table(document, stdout)
+        if plot:
+            from .plot import draw
+
+            draw(document, plot)
+            typer.echo(f"crawl: chart written to {plot}", err=True)
     raise typer.Exit(code)
 
 
@@ -196,6 +216,16 @@ def _interrupted(signum, frame):
 
 def _exit_now(signum, frame):
     os._exit(128 + signum)
+
+
+def _concurrency_levels(value: str) -> list[int]:
+    try:
+        levels = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise CrawlerError(f"--concurrency expects a number or a list like 1,8,32, got {value!r}") from None
+    if not levels or min(levels) < 1:
+        raise CrawlerError(f"--concurrency must be at least 1, got {value!r}")
+    return list(dict.fromkeys(levels))
 
 
 def _engine_options(pairs: list[str]) -> dict[str, str]:

@@ -110,7 +110,9 @@ class ParseStage:
         self.bytes_limit = bytes_in_flight
         self.timeout = timeout
         self.parse_cpu_s = 0.0
-        self.peak_backlog = 0
+        self.peak_backlog = 0  # pages handed over and not yet parsed
+        self.wait_s = 0.0  # time the fetch side stood still waiting for room
+        self._pages_in_flight = 0
         self.restarts = 0
         self.watchdog_kills = 0
         self._batch: list[FetchResult] = []
@@ -180,10 +182,11 @@ class ParseStage:
         batch, self._batch = self._batch, []
         size = sum(len(r.body) for r in batch)
         with self._cond:
-            while self._flights and (
-                self._in_flight_bytes + size > self.bytes_limit or len(self._flights) >= 2 * self.workers
-            ):
-                self._cond.wait()
+            if self._flights and self._full(size):
+                waited = time.perf_counter()
+                while self._flights and self._full(size):
+                    self._cond.wait()
+                self.wait_s += time.perf_counter() - waited
             if self._orphans:
                 self._recover_locked()
             flight = _Flight(batch, size)
@@ -194,13 +197,18 @@ class ParseStage:
                 return
             self._flights[id(future)] = flight
             self._in_flight_bytes += size
-            self.peak_backlog = max(self.peak_backlog, len(self._flights))
+            self._pages_in_flight += len(batch)
+            self.peak_backlog = max(self.peak_backlog, self._pages_in_flight)
         future.add_done_callback(self._finished)
+
+    def _full(self, size: int) -> bool:
+        return self._in_flight_bytes + size > self.bytes_limit or len(self._flights) >= 2 * self.workers
 
     def _finished(self, future: Future) -> None:
         with self._cond:
             flight = self._flights.pop(id(future))
             self._in_flight_bytes -= flight.size
+            self._pages_in_flight -= len(flight.batch)
             try:
                 outcomes, cpu = future.result()
                 self.parse_cpu_s += cpu
@@ -326,6 +334,7 @@ def run_engine(
     re-raised with the stats attached as ``exc.run_stats``.
     """
     stats = RunStats(engine.name)
+    stats.concurrency = settings.concurrency
     lock = threading.Lock()
 
     def complete(result: FetchResult, parsed: dict | None = None, parse_error: str | None = None) -> None:
@@ -350,6 +359,7 @@ def run_engine(
             stats.start()
             try:
                 for result in results:
+                    stats.returned()
                     if stage and wants_parse(result):
                         stage.submit(result)
                     else:
@@ -375,6 +385,8 @@ def run_engine(
         stats.peak_rss_mb = memory.peak / 2**20
         if stage:
             stats.parse_cpu_s = stage.parse_cpu_s
+            stats.peak_parse_backlog = stage.peak_backlog
+            stats.parse_wait_s = stage.wait_s
             if stage.workers > 0:  # inline parsing is already in this process's CPU time
                 stats.cpu_s += stage.parse_cpu_s
     return stats

@@ -14,10 +14,20 @@ from .pipeline import RunOptions
 from .engines import Settings
 
 
-def build_report(summaries: list[dict], settings: Settings, options: RunOptions, extra_settings: dict | None = None) -> dict:
-    """The ``--report`` document of SPEC §7, each engine with its speed relative to the fastest."""
+def build_report(
+    summaries: list[dict],
+    settings: Settings,
+    options: RunOptions,
+    extra_settings: dict | None = None,
+    latency_s: float | None = None,
+) -> dict:
+    """The ``--report`` document of SPEC §7, each engine with its speed relative to the fastest.
+
+    ``latency_s``, when the server's response time is known (``--demo-delay``),
+    lets the verdict say how close each engine came to concurrency ÷ latency.
+    """
     fastest = max((s["pages_per_s"] for s in summaries), default=0) or 1e-9
-    engines = [dict(s, relative=round(s["pages_per_s"] / fastest, 3)) for s in summaries]
+    engines = [dict(s, relative=round(s["pages_per_s"] / fastest, 3), verdict=verdict(s, latency_s)) for s in summaries]
     merged = {**asdict(settings), **asdict(options), **(extra_settings or {})}
     merged["engine_options"] = dict(settings.engine_options)
     return {
@@ -26,6 +36,25 @@ def build_report(summaries: list[dict], settings: Settings, options: RunOptions,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def verdict(engine: dict, latency_s: float | None = None) -> str:
+    """One line on what bounded this run, read off its own measurements."""
+    wall = engine["wall_s"] or 1e-9
+    if engine["parse_wait_s"] > 0.5 * wall:
+        return f"parse-bound: fetching waited for the parse stage {engine['parse_wait_s'] / wall:.0%} of the run"
+    fetch_cores = max(engine["cpu_s"] - engine["parse_cpu_s"], 0) / wall
+    if latency_s:
+        ideal = engine["concurrency"] / latency_s
+        share = engine["pages_per_s"] / ideal
+        if share >= 0.7:
+            return f"latency-bound: {share:.0%} of concurrency ÷ latency ({ideal:,.0f} pages/s)"
+    if fetch_cores >= 0.85:
+        single = " (one thread: the GIL keeps it to one core)" if fetch_cores < 1.15 else ""
+        return f"client CPU-bound: {fetch_cores:.2f} cores busy outside parsing{single}"
+    if latency_s:
+        return f"{share:.0%} of concurrency ÷ latency, client using {fetch_cores:.2f} cores: overheads or the server"
+    return f"server- or network-bound: the client used {fetch_cores:.2f} cores outside parsing"
 
 
 def write_report(report: dict, path: str) -> None:
@@ -50,6 +79,9 @@ ROWS = [
     ("cpu s", "cpu_s", "{:.2f}"),
     ("parse cpu s", "parse_cpu_s", "{:.2f}"),
     ("peak RSS MB", "peak_rss_mb", "{:,.0f}"),
+    ("client cores", "client_cores", "{:.2f}"),
+    ("peak in flight", "peak_in_flight", "{}"),
+    ("peak parse backlog", "peak_parse_backlog", "{}"),
 ]
 
 
@@ -59,7 +91,7 @@ def render_table(report: dict, console: Console) -> None:
     table = Table(title="crawl report", title_justify="left")
     table.add_column("", style="bold")
     for engine in engines:
-        label = engine["engine"] + (" (interrupted)" if engine.get("interrupted") else "")
+        label = _label(engine) + (" (interrupted)" if engine.get("interrupted") else "")
         table.add_column(label, justify="right")
     for label, key, fmt in ROWS:
         cells = []
@@ -69,6 +101,27 @@ def render_table(report: dict, console: Console) -> None:
         table.add_row(label, *cells)
     table.add_row("errors", *(_errors(engine["errors"]) for engine in engines))
     console.print(table)
+    for engine in engines:
+        console.print(f"[bold]{_label(engine)}[/bold]: {engine['verdict']}", highlight=False, soft_wrap=True)
+
+
+def _label(engine: dict) -> str:
+    return engine["engine"] if not engine.get("sweep") else f"{engine['engine']} c={engine['concurrency']}"
+
+
+def render_sweep(report: dict, console: Console) -> None:
+    """A concurrency sweep: pages/s with engines as rows and concurrency levels as columns."""
+    levels = sorted({e["concurrency"] for e in report["engines"]})
+    table = Table(title="pages/s by concurrency", title_justify="left")
+    table.add_column("engine", style="bold")
+    for level in levels:
+        table.add_column(f"c={level}", justify="right")
+    for name in dict.fromkeys(e["engine"] for e in report["engines"]):
+        cells = {e["concurrency"]: e for e in report["engines"] if e["engine"] == name}
+        table.add_row(name, *(f"{cells[c]['pages_per_s']:,.1f}" if c in cells else "-" for c in levels))
+    console.print(table)
+    for engine in report["engines"]:
+        console.print(f"[bold]{_label(engine)}[/bold]: {engine['verdict']}", highlight=False, soft_wrap=True)
 
 
 def _errors(errors: dict) -> str:

@@ -109,6 +109,11 @@ class RunStats:
         self.cpu_s = 0.0
         self.peak_rss_mb = 0.0
         self.interrupted = False
+        self.concurrency = 0
+        self.taken_back = 0  # results the engine has returned
+        self.peak_in_flight = 0
+        self.peak_parse_backlog = 0
+        self.parse_wait_s = 0.0
         self.accounting_error: str | None = None
         self._started = 0.0
         self._cpu_started = 0.0
@@ -120,6 +125,11 @@ class RunStats:
     def stop(self) -> None:
         self.wall_s = time.perf_counter() - self._started
         self.cpu_s = cpu_seconds() - self._cpu_started
+
+    def returned(self) -> None:
+        """The engine gave a result back; what it still holds is in flight."""
+        self.peak_in_flight = max(self.peak_in_flight, self.lines_read - self.skipped - self.taken_back)
+        self.taken_back += 1
 
     def record(self, record: dict) -> None:
         self.records += 1
@@ -162,6 +172,11 @@ class RunStats:
             "parse_cpu_s": round(self.parse_cpu_s, 3),
             "cpu_s": round(self.cpu_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "concurrency": self.concurrency,
+            "client_cores": round(self.cpu_s / wall, 2),
+            "peak_in_flight": self.peak_in_flight,
+            "peak_parse_backlog": self.peak_parse_backlog,
+            "parse_wait_s": round(self.parse_wait_s, 3),
             "interrupted": self.interrupted,
             "accounting_error": self.accounting_error,
         }

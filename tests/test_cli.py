@@ -60,7 +60,7 @@ def test_unknown_engine_lists_the_known_ones(tmp_path):
     assert_usage_error(crawl(str(urls), "-e", "warp"), "warp", "asyncio", "threads")
 
 
-@pytest.mark.parametrize("option", [["-c", "0"], ["--timeout", "soon"], ["--retries", "-1"], ["--bogus"], ["--engine-opt", "novalue"]])
+@pytest.mark.parametrize("option", [["-c", "zero"], ["--timeout", "soon"], ["--retries", "-1"], ["--bogus"], ["--engine-opt", "novalue"]])
 def test_bad_option_values_are_usage_errors(tmp_path, option):
     urls = tmp_path / "urls.txt"
     urls.write_text("http://127.0.0.1:9/\n")
@@ -209,3 +209,44 @@ def test_resume_without_out_is_a_usage_error(tmp_path):
     urls = tmp_path / "urls.txt"
     urls.write_text("http://127.0.0.1:9/\n")
     assert_usage_error(crawl(str(urls), "--resume"), "--out")
+
+
+def test_concurrency_sweep_makes_a_matrix_and_a_chart(pages, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(pages * 3) + "\n")
+    report, chart = tmp_path / "r.json", tmp_path / "sweep.png"
+    result = crawl(str(urls), "-e", "threads,asyncio", "-c", "1,4", "--report", str(report), "--plot", str(chart), "-q", "--parse-workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert "c=1" in result.stdout and "c=4" in result.stdout
+    engines = json.loads(report.read_text())["engines"]
+    assert sorted((e["engine"], e["concurrency"]) for e in engines) == [("asyncio", 1), ("asyncio", 4), ("threads", 1), ("threads", 4)]
+    assert all(e["urls"] == 9 and e["verdict"] for e in engines)
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_explains_each_engine(pages, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(pages) + "\n")
+    result = crawl(str(urls), "--json", "-q", "--parse-workers", "1")
+    assert result.returncode == 0, result.stderr
+    [engine] = json.loads(result.stdout)["engines"]
+    assert engine["client_cores"] >= 0 and 1 <= engine["peak_in_flight"] <= 3
+    assert engine["peak_parse_backlog"] >= 1 and engine["verdict"]
+
+
+@pytest.mark.parametrize("value", ["0", "1,x", "4,0"])
+def test_bad_concurrency_lists_are_usage_errors(tmp_path, value):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    assert_usage_error(crawl(str(urls), "-c", value), "--concurrency")
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path):
+    fake = tmp_path / "matplotlib"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('not installed')\n")
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/\n")
+    result = crawl(str(urls), "--plot", str(tmp_path / "c.png"), env={"PYTHONPATH": str(tmp_path)})
+    assert_usage_error(result, "pip install", "plot")
+    assert_usage_error(crawl(str(urls), "--plot", str(tmp_path / "c.pdf")), ".png")
