@@ -167,7 +167,8 @@ def crawl(
                         selected, sources(), run_settings, options, writer.write, advance, exclude, done.take if done else None
                     )
                 except (KeyboardInterrupt, Terminated) as exc:
-                    summaries.append(dict(exc.run_stats.summary(), sweep=sweep))
+                    if hasattr(exc, "run_stats"):
+                        summaries.append(dict(exc.run_stats.summary(), sweep=sweep))
                     raise
                 summaries.append(dict(stats.summary(), sweep=sweep))
                 if stats.accounting_error:

@@ -350,11 +350,11 @@ def run_engine(
         if options.parse
         else None
     )
-    if stage:
-        stage.start()
     results = engine.fetch(counted(urls, stats, skip), settings)
     memory = MemorySampler(exclude_pids)
     try:
+        if stage:
+            stage.start()
         with memory:
             stats.start()
             try:

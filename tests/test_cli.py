@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-import textwrap
+import time
 from importlib.metadata import entry_points
 
 import psutil
@@ -250,3 +251,43 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path):
     result = crawl(str(urls), "--plot", str(tmp_path / "c.png"), env={"PYTHONPATH": str(tmp_path)})
     assert_usage_error(result, "pip install", "plot")
     assert_usage_error(crawl(str(urls), "--plot", str(tmp_path / "c.pdf")), ".png")
+
+
+def test_hostile_url_file_gives_every_line_a_record(pages, tmp_path):
+    lines = [
+        b"\xef\xbb\xbf" + pages[0].encode(),  # BOM
+        pages[1].encode() + b"\r",  # CRLF
+        b"http://bad\xff\xfebytes.test/",  # not UTF-8
+        b"http://nul\x00byte.test/",
+        b"http://127.0.0.1:9/" + b"a" * 100_000,  # a 100 KB line
+        b"   ",
+        b"  # indented comment",
+        pages[2].encode() + b"#fragment",
+    ]
+    urls = tmp_path / "urls.txt"
+    urls.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "r.jsonl"
+    result = crawl(str(urls), "--out", str(out), "-q", "--parse-workers", "0", "--retries", "0", "--timeout", "2")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 6
+    ok = {r["url"] for r in records if r["ok"]}
+    assert ok == {pages[0], pages[1], pages[2] + "#fragment"}
+    assert sum(r["error"] == "invalid_url" for r in records) == 2  # the bad bytes and the NUL
+    assert any(len(r["url"]) > 100_000 for r in records)
+
+
+def test_interrupted_demo_leaves_no_site_behind(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crawler", "--demo", "--demo-pages", "300", "--demo-delay", "0.2", "-c", "4", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(4)  # the site is up and pages are being crawled
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert any("crawler.site" in " ".join(c.cmdline()) for c in children)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=20)
+    assert process.returncode == 130, stderr
+    assert "crawl report" in stdout
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert alive == []
