@@ -107,9 +107,13 @@ def crawl(
         pm = get_plugin_manager(plugin or [])
         if list_engines:
             for name, found in registered_engines(pm).items():
-                typer.echo(f"{name:10} {found.description}")
+                reason = getattr(found, "unavailable", None)
+                typer.echo(f"{name:10} {found.description}" + (f" [unavailable: {reason}]" if reason else ""))
             return
-        chosen = get_engines(pm, engine or ["asyncio"])
+        skipped: list[str] = []
+        chosen = get_engines(pm, engine or ["asyncio"], skipped)
+        for note in skipped:
+            typer.echo(f"crawl: skipping {note}", err=True)
         if demo == (urls_file is not None):
             raise CrawlerError("give a URLS_FILE or --demo (one of the two)")
         levels = _concurrency_levels(concurrency)

@@ -35,6 +35,7 @@ class FetchResult:
     # Engines that parse where they fetch (e.g. on a remote worker) hand the
     # parse fields back here; the pipeline then passes them through unparsed.
     parsed: Mapping[str, object] | None = None
+    size: int | None = None  # decoded body size, when ``body`` was not sent back
 
     @property
     def ok(self) -> bool:
@@ -81,3 +82,21 @@ class Engine(Protocol):
     description: str
 
     def fetch(self, urls: Iterable[str], settings: Settings) -> Iterator[FetchResult]: ...
+
+
+# Optional parts of an engine, read with getattr():
+#
+# ``unavailable: str | None`` -- set when the engine cannot run here (a missing
+#   optional dependency), to the reason and the fix, e.g. "pip install
+#   'crawler[dask]'".  ``--list-engines`` shows it, ``-e all`` skips the engine
+#   with a note, and ``-e NAME`` is a usage error quoting it.
+#
+# ``fetch()`` written as a generator may ``return`` a dict of engine-specific
+#   figures: the report shows it as ``engine_stats``.  A ``remote_cpu_s`` key
+#   (CPU spent outside this machine's process tree, e.g. on cluster workers)
+#   is added to the report's ``cpu_s``.
+#
+# ``FetchResult.parsed``: an engine that parses where it fetches hands back
+#   the parse fields (those of :data:`crawler.parse.PARSE_FIELDS`) and may
+#   leave ``body`` empty, giving the decoded size in ``size``; the pipeline
+#   then writes the record without parsing again.

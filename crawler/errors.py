@@ -21,3 +21,7 @@ class PluginError(CrawlerError):
 
 class DuplicateEngineError(CrawlerError):
     pass
+
+
+class EngineUnavailableError(CrawlerError):
+    """The engine is registered but cannot run here (a missing optional dependency)."""

@@ -51,7 +51,7 @@ def make_record(engine: str, result: FetchResult, parsed: dict | None = None, pa
         "status": result.status,
         "error": "parse" if parse_error and result.error is None else result.error,
         "detail": parse_error if parse_error and result.error is None else result.detail,
-        "bytes": len(result.body),
+        "bytes": len(result.body) if result.size is None else result.size,
         "fetch_ms": round(result.elapsed * 1000, 2),
         "content_type": result.content_type,
         "title": fields.get("title"),
@@ -350,7 +350,7 @@ def run_engine(
         if options.parse
         else None
     )
-    results = engine.fetch(counted(urls, stats, skip), settings)
+    results = iter(engine.fetch(counted(urls, stats, skip), settings))
     memory = MemorySampler(exclude_pids)
     try:
         if stage:
@@ -358,7 +358,12 @@ def run_engine(
         with memory:
             stats.start()
             try:
-                for result in results:
+                while True:
+                    try:
+                        result = next(results)
+                    except StopIteration as finished:
+                        stats.engine_stats = finished.value if isinstance(finished.value, dict) else None
+                        break
                     stats.returned()
                     if stage and wants_parse(result):
                         stage.submit(result)

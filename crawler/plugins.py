@@ -15,7 +15,7 @@ import pluggy
 
 from . import hookspecs
 from .engines import Engine
-from .errors import DuplicateEngineError, PluginError, UnknownEngineError
+from .errors import DuplicateEngineError, EngineUnavailableError, PluginError, UnknownEngineError
 
 ENTRY_POINT_GROUP = "crawler"
 
@@ -77,18 +77,35 @@ def engines(pm: pluggy.PluginManager) -> dict[str, Engine]:
     return found
 
 
-def get_engines(pm: pluggy.PluginManager, names: Iterable[str]) -> list[Engine]:
-    """Engines for ``--engine`` values: comma-separated, repeatable, ``all``."""
+def get_engines(pm: pluggy.PluginManager, names: Iterable[str], skipped: list[str] | None = None) -> list[Engine]:
+    """Engines for ``--engine`` values: comma-separated, repeatable, ``all``.
+
+    ``all`` leaves out engines that cannot run here, noting each in
+    ``skipped``; naming such an engine is an error that says why.
+    """
     known = engines(pm)
     chosen: list[Engine] = []
     for value in names:
         for name in (part.strip() for part in value.split(",")):
             if not name:
                 continue
-            selected = list(known.values()) if name == "all" else [known.get(name)]
-            if selected == [None]:
+            if name == "all":
+                for engine in known.values():
+                    reason = getattr(engine, "unavailable", None)
+                    if reason:
+                        if skipped is not None:
+                            skipped.append(f"{engine.name} ({reason})")
+                    elif engine not in chosen:
+                        chosen.append(engine)
+                continue
+            engine = known.get(name)
+            if engine is None:
                 raise UnknownEngineError(name, list(known))
-            chosen.extend(e for e in selected if e not in chosen)
+            reason = getattr(engine, "unavailable", None)
+            if reason:
+                raise EngineUnavailableError(f"engine {name!r} is unavailable: {reason}")
+            if engine not in chosen:
+                chosen.append(engine)
     if not chosen:
         raise UnknownEngineError("", list(known))
     return chosen

@@ -115,6 +115,7 @@ class RunStats:
         self.peak_parse_backlog = 0
         self.parse_wait_s = 0.0
         self.accounting_error: str | None = None
+        self.engine_stats: dict | None = None  # what the engine's fetch() returned, if a dict
         self._started = 0.0
         self._cpu_started = 0.0
 
@@ -139,6 +140,11 @@ class RunStats:
             self.errors[record["error"] or "other"] += 1
         self.bytes += record["bytes"]
         self.latency.add(record["fetch_ms"])
+
+    @property
+    def remote_cpu_s(self) -> float:
+        """CPU an engine spent outside this machine's process tree (e.g. on cluster workers), if it can tell."""
+        return float((self.engine_stats or {}).get("remote_cpu_s") or 0.0)
 
     def check_accounting(self) -> None:
         """Every line read and not skipped must have exactly one record: anything else is a bug."""
@@ -170,7 +176,7 @@ class RunStats:
                 "max": round(self.latency.max, 1),
             },
             "parse_cpu_s": round(self.parse_cpu_s, 3),
-            "cpu_s": round(self.cpu_s, 3),
+            "cpu_s": round(self.cpu_s + self.remote_cpu_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "concurrency": self.concurrency,
             "client_cores": round(self.cpu_s / wall, 2),
@@ -178,5 +184,6 @@ class RunStats:
             "peak_parse_backlog": self.peak_parse_backlog,
             "parse_wait_s": round(self.parse_wait_s, 3),
             "interrupted": self.interrupted,
+            "engine_stats": self.engine_stats,
             "accounting_error": self.accounting_error,
         }

@@ -291,3 +291,23 @@ def test_interrupted_demo_leaves_no_site_behind(tmp_path):
     assert "crawl report" in stdout
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert alive == []
+
+
+GHOST_PLUGIN = FAKE_PLUGIN.replace('name = "echo"', 'name = "ghost"\n    unavailable = "pip install ghost-extra"').replace(
+    "        for url in urls:", "        yield from ()\n        return {'remote_cpu_s': 1.5}\n        for url in urls:"
+)
+
+
+def test_unavailable_engines_are_listed_skipped_by_all_and_refused_by_name(tmp_path, pages):
+    (tmp_path / "ghost_plugin.py").write_text(GHOST_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path)}
+    listed = crawl("--plugin", "ghost_plugin", "--list-engines", env=env)
+    assert "ghost" in listed.stdout and "unavailable: pip install ghost-extra" in listed.stdout
+    urls = tmp_path / "urls.txt"
+    urls.write_text(pages[0] + "\n")
+    assert_usage_error(crawl(str(urls), "--plugin", "ghost_plugin", "-e", "ghost", env=env), "ghost", "pip install ghost-extra")
+    report = tmp_path / "r.json"
+    result = crawl(str(urls), "--plugin", "ghost_plugin", "-e", "all", "-q", "--no-parse", "--report", str(report), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "skipping ghost (pip install ghost-extra)" in result.stderr
+    assert "ghost" not in {e["engine"] for e in json.loads(report.read_text())["engines"]}
