@@ -59,6 +59,7 @@ class Settings:
     ca_file: str | None = None  # extra CA bundle for https (None: the system's / certifi's)
     backoff_base: float = 0.2
     backoff_max: float = 5.0
+    max_retry_after: float = 60.0  # a longer Retry-After is not waited for: the URL fails
     engine_options: Mapping[str, str] = field(default_factory=dict)
 
     def replace(self, **changes) -> "Settings":

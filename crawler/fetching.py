@@ -23,6 +23,8 @@ its library's exceptions into :class:`FetchError` codes.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import functools
 import random
 import time
@@ -49,7 +51,7 @@ ERROR_CODES = (
     "other",
 )
 RETRYABLE_ERRORS = frozenset({"dns", "connect", "timeout"})
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 64 * 1024
 
@@ -257,12 +259,30 @@ def backoff_delay(retry: int, settings: Settings) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
+
+
 def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None = None) -> Plan:
     """The life of one URL: validate, exchange, retry, follow redirects, conclude.
 
     Each try of a hop gets ``settings.timeout`` seconds for connect, headers
     and body together; connection errors, timeouts and 502/503/504 are tried
-    again up to ``settings.retries`` times per hop, after :func:`backoff_delay`.
+    again up to ``settings.retries`` times per hop, after :func:`backoff_delay`,
+    and so are 429 and 503, after the wait their ``Retry-After`` asks for
+    (unless it is longer than ``settings.max_retry_after``).
     """
     started = time.monotonic()
 
@@ -294,9 +314,11 @@ def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None =
                 final_url=current if got else None,
             )
         if response.status in RETRYABLE_STATUSES and retry < settings.retries:
-            retry += 1
-            yield Sleep(backoff_delay(retry, settings))
-            continue
+            wait = retry_after(response.headers.get("retry-after"))
+            if wait is None or wait <= settings.max_retry_after:
+                retry += 1
+                yield Sleep(backoff_delay(retry, settings) if wait is None else wait)
+                continue
         location = response.headers.get("location")
         if response.status in REDIRECT_STATUSES and location is not None:
             if redirects >= settings.max_redirects:

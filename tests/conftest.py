@@ -60,6 +60,13 @@ def build_app(hits: Counter) -> web.Application:
             return web.Response(status=503, text="try again")
         return web.Response(body=html_page("recovered"), content_type="text/html")
 
+    @routes.get("/retry-after/{key}")
+    async def retry_later(request):
+        hits[request.path] += 1
+        if hits[request.path] == 1:
+            return web.Response(status=429, headers={"Retry-After": "1"}, text="slow down")
+        return web.Response(body=html_page("patience"), content_type="text/html")
+
     @routes.get("/delay")
     async def delay(request):
         await asyncio.sleep(float(request.query.get("s", "0.3")))

@@ -230,3 +230,11 @@ def test_hostile_url_lines_each_get_a_record(engine_name, server):
     assert got[lines[3]]["ok"] and got[lines[3]]["title"] == "café \ufffd"
     assert got[lines[4]]["error"] == "invalid_url"
     assert got[lines[5]]["error"] == "invalid_url"
+
+
+def test_retry_after_is_honoured(engine_name, server):
+    url = server.url(f"/retry-after/{engine_name}")
+    started = time.monotonic()
+    [record] = run_records(engine_name, [url], retries=1)
+    assert record["ok"] and record["title"] == "patience"
+    assert time.monotonic() - started >= 0.95  # the server asked for 1 s

@@ -203,3 +203,22 @@ def test_no_parse_leaves_parse_fields_null_but_hashes_the_body():
     run_engine(engine, ["http://a.test/1"], crawler.Settings(), RunOptions(parse=False), records.append)
     [record] = records
     assert record["ok"] and record["title"] is None and record["words"] is None and record["sha256"]
+
+
+def test_retry_after_in_seconds_and_as_an_http_date_is_waited_for():
+    import email.utils
+
+    soon = email.utils.formatdate(time.time() + 3, usegmt=True)
+    result, exchanged, sleeps = drive("http://a.test/", [html(429, **{"retry-after": "2"}), html(503, **{"retry-after": soon}), html(200)])
+    assert result.ok and len(exchanged) == 3
+    assert sleeps[0] == 2.0 and 1.5 < sleeps[1] <= 3.0
+
+
+def test_retry_after_beyond_the_cap_is_not_waited_for():
+    result, exchanged, sleeps = drive("http://a.test/", [html(503, **{"retry-after": "3600"})])
+    assert result.error == "http_status" and result.status == 503 and sleeps == []
+
+
+def test_429_without_retry_after_backs_off_exponentially():
+    result, _, sleeps = drive("http://a.test/", [html(429), html(429), html(200)])
+    assert result.ok and len(sleeps) == 2 and all(s > 0 for s in sleeps)
