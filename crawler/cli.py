@@ -84,7 +84,7 @@ def crawl(
     parse_workers: Annotated[int, typer.Option(min=0, help="Processes in the parse stage; 0 parses in the main process.", show_default="CPU count")] = os.cpu_count() or 1,
     no_parse: Annotated[bool, typer.Option("--no-parse", help="Skip the parse stage (fetch-only throughput).")] = False,
     parse_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds one page may spend in the parse stage; past it the page gets error 'parse'.")] = 5.0,
-    out: Annotated[Optional[str], typer.Option(help="Write records as JSON Lines to this file, one per URL per engine.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Write records to this file, one per URL per engine: .jsonl (JSON Lines, the default), .csv, or .sqlite/.db (table 'records').")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="With --out: skip URLs that already have a record for the engine in that file, append the rest.")] = False,
     report: Annotated[Optional[str], typer.Option(help="Write the throughput report as JSON to this file.")] = None,
     plugin: Annotated[Optional[list[str]], typer.Option(help="Import MODULE and register it as a plugin; repeatable. 'no:NAME' blocks an installed plugin.", metavar="MODULE")] = None,

@@ -311,3 +311,48 @@ def test_unavailable_engines_are_listed_skipped_by_all_and_refused_by_name(tmp_p
     assert result.returncode == 0, result.stderr
     assert "skipping ghost (pip install ghost-extra)" in result.stderr
     assert "ghost" not in {e["engine"] for e in json.loads(report.read_text())["engines"]}
+
+
+def _comparable(record: dict) -> dict:
+    """A record as text, less its timing: what every output format must agree on."""
+    return {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for k, v in record.items() if k != "fetch_ms"}
+
+
+def test_csv_and_sqlite_outputs_match_jsonl(pages, tmp_path):
+    import csv
+    import sqlite3
+
+    urls = tmp_path / "urls.txt"
+    urls.write_text("\n".join(pages + ["not a url"]) + "\n")
+    outputs = {}
+    for suffix in ("jsonl", "csv", "sqlite"):
+        out = tmp_path / f"r.{suffix}"
+        result = crawl(str(urls), "-e", "threads", "--out", str(out), "-q", "--parse-workers", "0")
+        assert result.returncode == 0, result.stderr
+        outputs[suffix] = out
+    jsonl = sorted((_comparable(json.loads(line)) for line in outputs["jsonl"].read_text().splitlines()), key=lambda r: r["url"])
+    with open(outputs["csv"], newline="") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == RECORD_KEYS
+    from_csv = sorted((_comparable(dict(zip(rows[0], row))) for row in rows[1:]), key=lambda r: r["url"])
+    db = sqlite3.connect(outputs["sqlite"])
+    db.row_factory = sqlite3.Row
+    from_sqlite = [dict(row) for row in db.execute("SELECT * FROM records ORDER BY url")]
+    db.close()
+    assert tuple(from_sqlite[0]) == RECORD_KEYS
+    from_sqlite = [_comparable({**r, "ok": bool(r["ok"])}) for r in from_sqlite]
+    assert jsonl == from_csv == from_sqlite
+    assert len(jsonl) == 4 and jsonl[0]["ok"] == "true"
+
+
+@pytest.mark.parametrize("suffix", ["csv", "db"])
+def test_resume_reads_csv_and_sqlite(pages, tmp_path, suffix):
+    urls = tmp_path / "urls.txt"
+    urls.write_text(pages[0] + "\n")
+    out, report = tmp_path / f"r.{suffix}", tmp_path / "r.json"
+    assert crawl(str(urls), "--out", str(out), "-q", "--parse-workers", "0").returncode == 0
+    urls.write_text("\n".join(pages) + "\n")
+    result = crawl(str(urls), "--out", str(out), "--resume", "-q", "--parse-workers", "0", "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    [summary] = json.loads(report.read_text())["engines"]
+    assert summary["skipped"] == 1 and summary["urls"] == 2
