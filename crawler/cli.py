@@ -95,7 +95,10 @@ def crawl(
     demo_page_kb: Annotated[float, typer.Option(min=6.0, help="--demo: mean page size in KB (pages range from 1/6 to 8/3 of it).")] = 30.0,
     plot: Annotated[Optional[str], typer.Option(help="Draw the report as a chart (.png or .svg): bars per engine, or lines against concurrency for a sweep.", metavar="PATH")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    user_agent: Annotated[Optional[str], typer.Option(help="User-Agent sent by every engine.", show_default="crawler/VERSION (+URL)")] = None,
+    user_agent: Annotated[Optional[str], typer.Option(help="User-Agent sent by every engine, robots.txt fetches included.", show_default="crawler/VERSION (+URL)")] = None,
+    per_host: Annotated[Optional[int], typer.Option(min=1, help="Requests in flight per host (hostname and port).", show_default="no limit beyond --concurrency")] = None,
+    delay: Annotated[float, typer.Option(min=0.0, help="Minimum seconds between two request starts to one host (a robots.txt Crawl-delay raises it).")] = 0.0,
+    robots: Annotated[bool, typer.Option("--robots/--no-robots", help="Obey robots.txt: fetched once per host per engine run; 4xx allows all, 5xx disallows the host.")] = True,
     ca_file: Annotated[Optional[str], typer.Option(help="Also trust the CA certificates in this PEM file for https.")] = None,
     engine_opt: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE option passed to the engine through Settings; repeatable.", metavar="KEY=VALUE")] = None,
     json_report: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout instead of a table.")] = False,
@@ -129,6 +132,9 @@ def crawl(
             user_agent=user_agent or default_user_agent(),
             ca_file=ca_file,
             engine_options=_engine_options(engine_opt or []),
+            per_host=per_host,
+            delay=delay,
+            robots=robots,
         )
         options = RunOptions(parse=not no_parse, parse_workers=parse_workers, parse_timeout=parse_timeout)
         if resume and not out:

@@ -61,6 +61,11 @@ class Settings:
     backoff_max: float = 5.0
     max_retry_after: float = 60.0  # a longer Retry-After is not waited for: the URL fails
     engine_options: Mapping[str, str] = field(default_factory=dict)
+    # politeness (see crawler.politeness): filled in per run by the pipeline
+    per_host: int | None = None
+    delay: float = 0.0
+    robots: bool = True
+    gate: object | None = field(default=None, compare=False, repr=False)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -91,6 +96,10 @@ class Engine(Protocol):
 #   optional dependency), to the reason and the fix, e.g. "pip install
 #   'crawler[dask]'".  ``--list-engines`` shows it, ``-e all`` skips the engine
 #   with a note, and ``-e NAME`` is a usage error quoting it.
+#
+# ``fetches_in_processes: bool`` -- true when fetch() runs requests in other
+#   processes: the per-host politeness gate is then served by a manager process
+#   so that its limits hold across all of them.
 #
 # ``fetch()`` written as a generator may ``return`` a dict of engine-specific
 #   figures: the report shows it as ``engine_stats``.  A ``remote_cpu_s`` key

@@ -294,12 +294,18 @@ def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None =
     except FetchError as exc:
         return result(error=exc.code, detail=exc.detail)
     headers = headers or request_headers(settings)
+    gate = settings.gate
     redirects = 0
     retry = 0
     while True:
-        exchange = Exchange(current, headers, time.monotonic() + settings.timeout, settings.max_bytes)
+        if gate is not None:
+            key = "%s:%d" % host_port(current)
+            refusal = yield from _robots_verdict(gate, key, current, headers, settings)
+            if refusal is not None:
+                code, detail = refusal
+                return result(error=code, detail=detail)
         try:
-            response = yield exchange
+            response = yield from _exchange(gate, current, headers, settings)
         except FetchError as exc:
             if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
                 retry += 1
@@ -351,6 +357,64 @@ def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None =
             error=None if ok else "http_status",
             detail=None if ok else f"HTTP {response.status}",
         )
+
+
+def _exchange(gate, url: str, headers: Mapping[str, str], settings: Settings, max_bytes: int | None = None):
+    """One exchange, after the host's gate lets it start (politeness waits are not timed as the request)."""
+    if gate is None:
+        return (yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes))
+    key = "%s:%d" % host_port(url)
+    while (wait := gate.try_start(key)) > 0:
+        yield Sleep(wait)
+    try:
+        return (yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes))
+    finally:
+        gate.finish(key)
+
+
+ROBOTS_MAX_BYTES = 512 * 1024  # what Google reads of a robots.txt
+
+
+def _fetch_robots(gate, robots_url: str, headers: Mapping[str, str], settings: Settings):
+    """GET robots.txt with the same retries as any request, following a few redirects."""
+    retry = 0
+    redirects = 0
+    while True:
+        try:
+            response = yield from _exchange(gate, robots_url, headers, settings, ROBOTS_MAX_BYTES)
+        except FetchError as exc:
+            if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
+                retry += 1
+                yield Sleep(backoff_delay(retry, settings))
+                continue
+            raise
+        location = response.headers.get("location")
+        if response.status in REDIRECT_STATUSES and location and redirects < 5:
+            robots_url = redirect_target(robots_url, location)
+            redirects += 1
+            continue
+        return response
+
+
+def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settings: Settings):
+    """None when ``url`` may be fetched, else the (error code, detail) of its record."""
+    from .politeness import ROBOTS_KNOWN, ROBOTS_PENDING
+
+    while (state := gate.robots(key)) != ROBOTS_KNOWN:
+        if state == ROBOTS_PENDING:
+            yield Sleep(0.01)
+            continue
+        try:
+            response = yield from _fetch_robots(gate, urljoin(url, "/robots.txt"), headers, settings)
+        except FetchError as exc:
+            if exc.code == "too_large" and exc.response:
+                gate.learn_robots(key, 200, "")  # an absurd robots.txt is no robots.txt
+                continue
+            gate.learn_robots(key, None, None)  # unreachable: the host's next URL asks again
+            return exc.code, f"robots.txt: {exc.detail}"
+        gate.learn_robots(key, response.status, response.body.decode("utf-8", "replace"))
+    refusal = gate.allowed(key, url)
+    return None if refusal is None else ("robots", refusal)
 
 
 def run_blocking(plan: Plan, exchange: Callable[[Exchange], Response]) -> FetchResult:

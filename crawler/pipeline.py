@@ -23,7 +23,9 @@ from typing import Callable, Iterable, Iterator
 
 from . import parse
 from .engines import Engine, FetchResult, Settings
+from .fetching import default_user_agent
 from .outputs import RECORD_KEYS
+from .politeness import HostGate, shared_gate
 from .stats import MemorySampler, RunStats
 
 
@@ -306,6 +308,16 @@ def _kill_workers(executor: ProcessPoolExecutor) -> None:
         process.join(timeout=2)
 
 
+def _politeness_gate(engine: Engine, settings: Settings):
+    """A fresh per-host gate for this run, or None when no politeness rule is on."""
+    if not (settings.robots or settings.per_host or settings.delay):
+        return None, None
+    args = (settings.per_host, settings.delay, settings.robots, settings.user_agent or default_user_agent())
+    if getattr(engine, "fetches_in_processes", False):
+        return shared_gate(*args)
+    return HostGate(*args), None
+
+
 def counted(urls: Iterable[str], stats: RunStats, skip: Callable[[str], bool] | None) -> Iterator[str]:
     for url in urls:
         stats.lines_read += 1
@@ -350,6 +362,9 @@ def run_engine(
         if options.parse
         else None
     )
+    gate, gate_manager = _politeness_gate(engine, settings)
+    if gate is not None:
+        settings = settings.replace(gate=gate)
     results = iter(engine.fetch(counted(urls, stats, skip), settings))
     memory = MemorySampler(exclude_pids)
     try:
@@ -388,6 +403,13 @@ def run_engine(
         stats.check_accounting()
     finally:
         stats.peak_rss_mb = memory.peak / 2**20
+        if gate is not None:
+            try:
+                stats.politeness = gate.stats()
+            except Exception:  # the manager process may be gone after an interrupt
+                pass
+        if gate_manager is not None:
+            gate_manager.shutdown()
         if stage:
             stats.parse_cpu_s = stage.parse_cpu_s
             stats.peak_parse_backlog = stage.peak_backlog

@@ -115,6 +115,7 @@ class RunStats:
         self.peak_parse_backlog = 0
         self.parse_wait_s = 0.0
         self.accounting_error: str | None = None
+        self.politeness: dict | None = None  # hosts seen, most requests in flight to one host
         self.engine_stats: dict | None = None  # what the engine's fetch() returned, if a dict
         self._started = 0.0
         self._cpu_started = 0.0
@@ -184,6 +185,7 @@ class RunStats:
             "peak_parse_backlog": self.peak_parse_backlog,
             "parse_wait_s": round(self.parse_wait_s, 3),
             "interrupted": self.interrupted,
+            "politeness": self.politeness,
             "engine_stats": self.engine_stats,
             "accounting_error": self.accounting_error,
         }

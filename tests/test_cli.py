@@ -43,6 +43,7 @@ def assert_usage_error(result: subprocess.CompletedProcess, *needles: str) -> No
 
 @pytest.fixture
 def pages(httpserver):
+    httpserver.no_handler_status_code = 404  # so /robots.txt is "none", as on a real server
     for name in ("a", "b", "c"):
         httpserver.expect_request(f"/{name}").respond_with_data(
             f"<html><head><title>page {name}</title></head><body><p>one two three</p><a href='/a'>a</a></body></html>",
