@@ -98,6 +98,9 @@ def crawl(
     user_agent: Annotated[Optional[str], typer.Option(help="User-Agent sent by every engine, robots.txt fetches included.", show_default="crawler/VERSION (+URL)")] = None,
     per_host: Annotated[Optional[int], typer.Option(min=1, help="Requests in flight per host (hostname and port).", show_default="no limit beyond --concurrency")] = None,
     delay: Annotated[float, typer.Option(min=0.0, help="Minimum seconds between two request starts to one host (a robots.txt Crawl-delay raises it).")] = 0.0,
+    depth: Annotated[int, typer.Option(min=0, help="Follow links found by the parse stage, breadth-first, this many levels from the list.")] = 0,
+    same_host: Annotated[bool, typer.Option("--same-host/--any-host", help="When following, stay on the host of the page the link was found on.")] = True,
+    max_pages: Annotated[Optional[int], typer.Option(min=1, help="When following, queue new links only while records plus queued URLs stay within this number; list lines are always crawled.")] = None,
     robots: Annotated[bool, typer.Option("--robots/--no-robots", help="Obey robots.txt: fetched once per host per engine run; 4xx allows all, 5xx disallows the host.")] = True,
     ca_file: Annotated[Optional[str], typer.Option(help="Also trust the CA certificates in this PEM file for https.")] = None,
     engine_opt: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE option passed to the engine through Settings; repeatable.", metavar="KEY=VALUE")] = None,
@@ -136,7 +139,16 @@ def crawl(
             delay=delay,
             robots=robots,
         )
-        options = RunOptions(parse=not no_parse, parse_workers=parse_workers, parse_timeout=parse_timeout)
+        options = RunOptions(
+            parse=not no_parse,
+            parse_workers=parse_workers,
+            parse_timeout=parse_timeout,
+            depth=depth,
+            same_host=same_host,
+            max_pages=max_pages,
+        )
+        if depth and no_parse:
+            raise CrawlerError("--depth follows the links the parse stage finds: it cannot go with --no-parse")
         if resume and not out:
             raise CrawlerError("--resume needs --out PATH: the file whose records say what is done")
         if ca_file and not os.path.isfile(ca_file):

@@ -290,13 +290,13 @@ def _base_url(tree, page_url: str) -> str:
         return page_url
 
 
-def _count_links(tree, page_url: str) -> int:
+def _links(tree, page_url: str) -> set[str]:
     base = _base_url(tree, page_url)
     # `<a href>` without a value reports None: an empty href, i.e. this page.
     hrefs = {(node.attributes.get("href") or "").strip() for node in tree.css("a[href]")}
     targets = {_resolve_link(base, href) for href in hrefs}
     targets.discard(None)
-    return len(targets)
+    return targets
 
 
 # --------------------------------------------------------------------------
@@ -356,17 +356,22 @@ def _empty_record(body: bytes) -> dict:
     }
 
 
-def parse_page(url: str, body: bytes, content_type: str | None) -> dict:
+def parse_page(url: str, body: bytes, content_type: str | None, want_links: bool = False) -> dict:
     """The parse fields of one fetched page (keys: :data:`PARSE_FIELDS`).
 
-    Non-HTML bodies get only ``sha256``; the other fields are None.
+    Non-HTML bodies get only ``sha256``; the other fields are None.  With
+    ``want_links``, the distinct absolute link URLs themselves come back
+    too, under ``"link_urls"`` (for following links; not a record field).
     """
     record = _empty_record(body)
     if not is_html(content_type, body):
         return record
     tree = _HTMLParser(decode_html(body, content_type))
     record["title"] = _title(tree)
-    record["links"] = _count_links(tree, url)
+    links = _links(tree, url)
+    record["links"] = len(links)
+    if want_links:
+        record["link_urls"] = sorted(links)
     # Last, because it strips the non-visible elements out of the tree.
     words = _visible_words(tree)
     record["words"] = len(words)
@@ -414,6 +419,7 @@ def init_worker(clock=None, next_slot=None) -> None:
 def parse_batch(
     items: list[tuple[str, bytes, str | None]],
     timeout: float | None = None,
+    want_links: bool = False,
 ) -> tuple[list[dict | str], float]:
     """Parse several pages in one worker call and report its CPU time.
 
@@ -435,7 +441,7 @@ def parse_batch(
             if timeout:
                 _alarm_armed = True
                 signal.setitimer(signal.ITIMER_REAL, timeout)
-            outcome: dict | str = parse_page(url, body, content_type)
+            outcome: dict | str = parse_page(url, body, content_type, want_links)
             _alarm_armed = False
         except ParseTimeout:
             outcome = f"parse timed out after {timeout:g} s"

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 from . import parse
 from .engines import Engine, FetchResult, Settings
 from .fetching import default_user_agent
+from .frontier import Frontier
 from .outputs import RECORD_KEYS
 from .politeness import HostGate, shared_gate
 from .stats import MemorySampler, RunStats
@@ -39,9 +40,19 @@ class RunOptions:
     batch_size: int = 32  # measured: 1.36x the pages/s of one page per task (benchmarks/parsers.py)
     # bound on page bytes handed to the parse stage and not yet parsed
     parse_bytes_in_flight: int = 64 * 1024 * 1024
+    depth: int = 0  # levels of links to follow from the list, breadth-first
+    same_host: bool = True  # follow only links to the host of the page they are on
+    max_pages: int | None = None  # queue links only while records + queued stay within this
 
 
-def make_record(engine: str, result: FetchResult, parsed: dict | None = None, parse_error: str | None = None) -> dict:
+def make_record(
+    engine: str,
+    result: FetchResult,
+    parsed: dict | None = None,
+    parse_error: str | None = None,
+    depth: int = 0,
+    parent: str | None = None,
+) -> dict:
     """The SPEC §6 record of one URL."""
     got_body = result.status is not None and result.error != "too_large"
     fields = parsed or {}
@@ -61,8 +72,8 @@ def make_record(engine: str, result: FetchResult, parsed: dict | None = None, pa
         "words": fields.get("words"),
         "simhash": fields.get("simhash"),
         "sha256": fields.get("sha256") or (hashlib.sha256(result.body).hexdigest() if got_body else None),
-        "depth": 0,
-        "parent": None,
+        "depth": depth,
+        "parent": parent,
     }
     assert tuple(record) == RECORD_KEYS
     return record
@@ -106,6 +117,7 @@ class ParseStage:
         parse_batch: Callable = parse.parse_batch,  # replaceable for fault-injection tests
     ):
         self.parse_batch = parse_batch
+        self.want_links = False  # return each page's link URLs too (for following links)
         self.workers = workers
         self.done = done
         self.batch_size = batch_size
@@ -176,7 +188,7 @@ class ParseStage:
             self._send()
 
     def _parse_here(self, result: FetchResult) -> None:
-        [outcome], cpu = self.parse_batch([_item(result)])
+        [outcome], cpu = self.parse_batch([_item(result)], None, self.want_links)
         self.parse_cpu_s += cpu
         self._deliver(result, outcome)
 
@@ -193,7 +205,7 @@ class ParseStage:
                 self._recover_locked()
             flight = _Flight(batch, size)
             try:
-                future = self._executor.submit(self.parse_batch, [_item(r) for r in batch], self.timeout)
+                future = self._executor.submit(self.parse_batch, [_item(r) for r in batch], self.timeout, self.want_links)
             except BrokenProcessPool:  # a worker died since the last batch came back
                 self._orphans.extend(batch)
                 return
@@ -253,7 +265,7 @@ class ParseStage:
         orphans, self._orphans = self._orphans, []
         self._replace_executor()  # the old one is broken, or about to be marked so
         for result in orphans:
-            future = self._executor.submit(self.parse_batch, [_item(result)], self.timeout)
+            future = self._executor.submit(self.parse_batch, [_item(result)], self.timeout, self.want_links)
             kills = self.watchdog_kills
             try:
                 [outcome], cpu = future.result(timeout=(self.timeout or 60) + 2)
@@ -324,6 +336,7 @@ def counted(urls: Iterable[str], stats: RunStats, skip: Callable[[str], bool] | 
         if skip and skip(url):
             stats.skipped += 1
             continue
+        stats.pulled += 1
         yield url
 
 
@@ -340,6 +353,8 @@ def run_engine(
     """Fetch ``urls`` with ``engine``, write one record per URL, return the stats.
 
     ``skip(url)`` true means the URL already has its record (``--resume``).
+    With ``options.depth``, the links found by the parse stage are crawled
+    too, one level per ``engine.fetch()`` call (breadth-first).
 
     On ``KeyboardInterrupt`` (or any exception) the engine is closed, the
     parse stage stopped, the stats of what completed kept, and the exception
@@ -348,24 +363,50 @@ def run_engine(
     stats = RunStats(engine.name)
     stats.concurrency = settings.concurrency
     lock = threading.Lock()
+    following = options.depth > 0 and options.parse
+    frontier = Frontier(options.max_pages, options.same_host) if following else None
+    origin: dict[str, tuple[int, str]] = {}  # followed URL in the engine's hands -> (depth, parent)
 
     def complete(result: FetchResult, parsed: dict | None = None, parse_error: str | None = None) -> None:
-        record = make_record(engine.name, result, parsed or (dict(result.parsed) if result.parsed else None), parse_error)
+        parsed = parsed or (dict(result.parsed) if result.parsed else None)
         with lock:
+            depth, parent = origin.pop(result.url, (0, None))
+            record = make_record(engine.name, result, parsed, parse_error, depth, parent)
             write(record)
             stats.record(record)
+            if frontier is not None:
+                frontier.seen(result.final_url)
+                if parsed and depth < options.depth and parsed.get("link_urls"):
+                    frontier.offer(parsed["link_urls"], result.final_url or result.url, stats.lines_read - stats.skipped)
             if progress:
                 progress(record)
+
+    def followed(level: int) -> Iterator[str]:
+        for url, parent in frontier.next_level():
+            with lock:
+                origin[url] = (level, parent)
+            stats.pulled += 1
+            yield url
+
+    def marked_seen(urls: Iterable[str]) -> Iterator[str]:
+        for url in urls:
+            frontier.seen(url)
+            yield url
 
     stage = (
         ParseStage(options.parse_workers, complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout)
         if options.parse
         else None
     )
+    if stage:
+        stage.want_links = following
     gate, gate_manager = _politeness_gate(engine, settings)
     if gate is not None:
         settings = settings.replace(gate=gate)
-    results = iter(engine.fetch(counted(urls, stats, skip), settings))
+    level_urls = counted(urls, stats, skip)
+    if frontier is not None:
+        level_urls = marked_seen(level_urls)
+    results = iter(())
     memory = MemorySampler(exclude_pids)
     try:
         if stage:
@@ -373,19 +414,15 @@ def run_engine(
         with memory:
             stats.start()
             try:
-                while True:
-                    try:
-                        result = next(results)
-                    except StopIteration as finished:
-                        stats.engine_stats = finished.value if isinstance(finished.value, dict) else None
+                for level in range(options.depth + 1 if following else 1):
+                    if level:
+                        level_urls = followed(level)
+                    results = iter(engine.fetch(level_urls, settings))
+                    _consume(results, stats, stage, complete)
+                    if stage:
+                        stage.drain()  # the level's links are all known only once it is parsed
+                    if frontier is None or frontier.queued == stats.followed_taken():
                         break
-                    stats.returned()
-                    if stage and wants_parse(result):
-                        stage.submit(result)
-                    else:
-                        complete(result)
-                if stage:
-                    stage.drain()
             finally:
                 stats.stop()
     except BaseException as exc:
@@ -403,6 +440,9 @@ def run_engine(
         stats.check_accounting()
     finally:
         stats.peak_rss_mb = memory.peak / 2**20
+        if frontier is not None:
+            stats.links = frontier.stats()
+            frontier.close()
         if gate is not None:
             try:
                 stats.politeness = gate.stats()
@@ -417,3 +457,19 @@ def run_engine(
             if stage.workers > 0:  # inline parsing is already in this process's CPU time
                 stats.cpu_s += stage.parse_cpu_s
     return stats
+
+
+def _consume(results: Iterator[FetchResult], stats: RunStats, stage: ParseStage | None, complete) -> None:
+    """Take every result of one engine.fetch() call: to the parse stage, or straight to a record."""
+    while True:
+        try:
+            result = next(results)
+        except StopIteration as finished:
+            if isinstance(finished.value, dict):
+                stats.engine_stats = finished.value
+            return
+        stats.returned()
+        if stage and wants_parse(result):
+            stage.submit(result)
+        else:
+            complete(result)

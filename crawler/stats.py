@@ -110,7 +110,9 @@ class RunStats:
         self.peak_rss_mb = 0.0
         self.interrupted = False
         self.concurrency = 0
+        self.pulled = 0  # URLs handed to the engine (list lines not skipped, and followed links)
         self.taken_back = 0  # results the engine has returned
+        self.links: dict | None = None  # link following: discovered, queued, deduplicated
         self.peak_in_flight = 0
         self.peak_parse_backlog = 0
         self.parse_wait_s = 0.0
@@ -130,7 +132,7 @@ class RunStats:
 
     def returned(self) -> None:
         """The engine gave a result back; what it still holds is in flight."""
-        self.peak_in_flight = max(self.peak_in_flight, self.lines_read - self.skipped - self.taken_back)
+        self.peak_in_flight = max(self.peak_in_flight, self.pulled - self.taken_back)
         self.taken_back += 1
 
     def record(self, record: dict) -> None:
@@ -149,12 +151,17 @@ class RunStats:
 
     def check_accounting(self) -> None:
         """Every line read and not skipped must have exactly one record: anything else is a bug."""
-        expected = self.lines_read - self.skipped
+        followed = self.followed_taken()
+        expected = self.lines_read - self.skipped + followed
         if self.records != expected or self.ok + sum(self.errors.values()) != self.records:
             self.accounting_error = (
                 f"{self.records} records ({self.ok} ok + {sum(self.errors.values())} failed) "
-                f"for {self.lines_read} lines read - {self.skipped} skipped = {expected}"
+                f"for {self.lines_read} lines read - {self.skipped} skipped + {followed} links followed = {expected}"
             )
+
+    def followed_taken(self) -> int:
+        """Followed links handed to the engine so far."""
+        return self.pulled - (self.lines_read - self.skipped)
 
     def summary(self) -> dict:
         wall = round(self.wall_s, 3) or 1e-3
@@ -186,6 +193,7 @@ class RunStats:
             "parse_wait_s": round(self.parse_wait_s, 3),
             "interrupted": self.interrupted,
             "politeness": self.politeness,
+            "links": self.links,
             "engine_stats": self.engine_stats,
             "accounting_error": self.accounting_error,
         }

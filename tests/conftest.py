@@ -237,7 +237,9 @@ def run_records(engine_name: str, urls, parse: bool = True, **settings) -> list[
     settings.setdefault("timeout", 5.0)
     settings.setdefault("concurrency", 8)
     settings.setdefault("backoff_base", 0.05)
-    run_engine(engine, list(urls), crawler.Settings(**settings), RunOptions(parse=parse, parse_workers=0), records.append)
+    following = {key[len("follow_") :] if key.startswith("follow_") else key: settings.pop(key) for key in ("follow_depth", "same_host", "max_pages") if key in settings}
+    options = RunOptions(parse=parse, parse_workers=0, **following)
+    run_engine(engine, list(urls), crawler.Settings(**settings), options, records.append)
     return records
 
 

@@ -15,14 +15,14 @@ HANG = b"<!-- hang in the worker -->"
 DEAF = b"<!-- hang where no signal reaches -->"
 
 
-def parse_batch_with_faults(items, timeout=None):
+def parse_batch_with_faults(items, timeout=None, want_links=False):
     for _, body, _ in items:
         if CRASH in body:
             os.kill(os.getpid(), 9)  # as a segfault or the OOM killer would
-    return parse.parse_batch(items, timeout)
+    return parse.parse_batch(items, timeout, want_links)
 
 
-def parse_page_that_may_hang(url, body, content_type):
+def parse_page_that_may_hang(url, body, content_type, want_links=False):
     if DEAF in body:  # like a C extension stuck in a loop: SIGALRM never gets through
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
         while True:
@@ -30,12 +30,12 @@ def parse_page_that_may_hang(url, body, content_type):
     if HANG in body:
         while True:  # pure Python: SIGALRM reaches it
             time.sleep(0.01)
-    return _real_parse_page(url, body, content_type)
+    return _real_parse_page(url, body, content_type, want_links)
 
 
 _real_parse_page = parse.parse_page
 
 
-def parse_batch_with_hangs(items, timeout=None):
+def parse_batch_with_hangs(items, timeout=None, want_links=False):
     parse.parse_page = parse_page_that_may_hang
-    return parse.parse_batch(items, timeout)
+    return parse.parse_batch(items, timeout, want_links)

@@ -493,7 +493,7 @@ def test_parse_batch_isolates_a_failing_item():
 
 
 def test_parse_batch_error_strings_are_short(monkeypatch):
-    def explode(url, body, content_type):
+    def explode(url, body, content_type, want_links=False):
         raise ValueError("x" * 1000)
 
     monkeypatch.setattr(parse, "parse_page", explode)

@@ -1,0 +1,300 @@
+"""The ``pool`` engine's own promises: dead workers, early close, laziness, sessions, signals.
+
+Everything talks to servers on 127.0.0.1.  Worker processes are found with
+psutil as the descendants of this process that a run added (the forkserver
+and the resource tracker, which live as long as the test session, are
+started by a warm-up run first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+from aiohttp import web
+from conftest import LocalServer, html_page
+
+import crawler
+from crawler.plugins import engines, get_plugin_manager
+from crawler_plugins import pool_engine
+
+
+class Probe:
+    """What the probe server saw: the client port of each request, and which tags started."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.tag_ports: dict[str, int] = {}
+        self.started: dict[str, threading.Event] = {}
+        self.client_ports: list[int] = []
+
+    def event(self, tag: str) -> threading.Event:
+        with self.lock:
+            return self.started.setdefault(tag, threading.Event())
+
+
+def build_probe_app(probe: Probe) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/slow")
+    async def slow(request):
+        tag = request.query["tag"]
+        probe.tag_ports[tag] = request.transport.get_extra_info("peername")[1]
+        probe.event(tag).set()
+        await asyncio.sleep(float(request.query.get("s", "3")))
+        return web.Response(body=html_page("slow"), content_type="text/html")
+
+    @routes.get("/port")
+    async def port(request):
+        with probe.lock:
+            probe.client_ports.append(request.transport.get_extra_info("peername")[1])
+        return web.Response(body=html_page("port"), content_type="text/html")
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+@pytest.fixture(scope="module")
+def probe():
+    state = Probe()
+    server = LocalServer(build_probe_app(state))
+    server.probe = state
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def engine(probe):
+    pool = engines(get_plugin_manager())["pool"]
+    # Warm-up: starts the forkserver and the resource tracker, which outlive runs.
+    assert [r.ok for r in pool.fetch([probe.url("/port?warm")], crawler.Settings(concurrency=1))] == [True]
+    return pool
+
+
+def settings(**changes) -> crawler.Settings:
+    return crawler.Settings(timeout=5.0, backoff_base=0.05).replace(**changes)
+
+
+def descendants() -> dict[int, psutil.Process]:
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def added_since(before: dict[int, psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for pid, process in descendants().items():
+        try:
+            if pid not in before and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def wait_until_gone(before: dict[int, psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (left := added_since(before)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def serving(client_port: int, processes: list[psutil.Process]) -> psutil.Process:
+    """The process whose TCP connection has ``client_port`` as its local port."""
+    for process in processes:
+        try:
+            if any(c.laddr and c.laddr.port == client_port for c in process.net_connections(kind="tcp")):
+                return process
+        except psutil.NoSuchProcess:
+            pass
+    raise AssertionError(f"no worker holds local port {client_port}")
+
+
+def consume_in_thread(results: list, iterator) -> threading.Thread:
+    thread = threading.Thread(target=lambda: results.extend(iterator), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_worker_killed_mid_fetch_is_recorded_and_the_run_finishes(engine, probe):
+    before = descendants()
+    slow = probe.url("/slow?s=3&tag=busy-kill")
+    urls = [slow] + [probe.url(f"/port?busy={i}") for i in range(10)]
+    results: list = []
+    thread = consume_in_thread(results, engine.fetch(urls, settings(concurrency=2)))
+    assert probe.probe.event("busy-kill").wait(10)
+    victim = serving(probe.probe.tag_ports["busy-kill"], added_since(before))
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    thread.join(10)
+    assert not thread.is_alive(), "the run hangs on a dead worker"
+    assert time.monotonic() - killed_at < 2.0  # not waiting for the 3 s response
+    assert sorted(r.url for r in results) == sorted(urls)  # one record per URL
+    by_url = {r.url: r for r in results}
+    assert by_url[slow].error == "other" and not by_url[slow].ok
+    assert by_url[slow].detail.startswith("pool worker died (exit code")
+    assert all(by_url[u].ok for u in urls[1:])
+    assert wait_until_gone(before) == []
+
+
+def test_idle_worker_killed_holding_the_task_queue_lock_does_not_jam_the_run(engine, probe):
+    # An idle worker waits for its next task inside the pool's task-queue lock;
+    # killed there, it never releases it, and a plain Pool never starts another task.
+    before = descendants()
+    release = threading.Event()
+    slow = probe.url("/slow?s=1&tag=idle-kill")
+    later = [probe.url(f"/port?idle={i}") for i in range(6)]
+
+    def urls():
+        yield slow
+        release.wait(10)  # the list "stalls" while the test kills the idle worker
+        yield from later
+
+    results: list = []
+    thread = consume_in_thread(results, engine.fetch(urls(), settings(concurrency=2)))
+    assert probe.probe.event("idle-kill").wait(10)
+    workers = added_since(before)
+    busy = serving(probe.probe.tag_ports["idle-kill"], workers)
+    deadline = time.monotonic() + 5
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = added_since(before)
+    [idle] = [p for p in workers if p.pid != busy.pid]
+    time.sleep(0.2)  # let it settle into waiting for a task
+    os.kill(idle.pid, signal.SIGKILL)
+    release.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the run hangs after an idle worker died"
+    assert sorted(r.url for r in results) == sorted([slow] + later)
+    assert all(r.ok for r in results)  # the idle worker had no URL: nothing lost
+    assert wait_until_gone(before) == []
+
+
+def test_closing_early_leaves_no_worker_process(engine, probe):
+    before = descendants()
+    urls = (probe.url(f"/port?close={i}") for i in itertools.count())
+    results = engine.fetch(urls, settings(concurrency=4))
+    got = [next(results) for _ in range(5)]
+    assert len(added_since(before)) >= 4  # the workers are up...
+    results.close()
+    assert all(r.ok for r in got)
+    assert wait_until_gone(before) == []  # ...and gone
+
+
+def test_urls_are_read_lazily_and_in_flight_is_bounded(engine, probe):
+    pulled = 0
+
+    def endless():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield probe.url(f"/port?lazy={i}")
+
+    results = engine.fetch(endless(), settings(concurrency=2))
+    assert pulled == 0  # nothing happens before the first result is asked for
+    got = [next(results) for _ in range(5)]
+    results.close()
+    assert all(r.ok for r in got)
+    in_flight = 2 * 2 * pool_engine.CHUNKSIZE  # the engine's limit for 2 workers
+    assert pulled <= in_flight + 5 + 1
+
+
+def test_each_worker_keeps_its_connection_alive(engine, probe):
+    probe.probe.client_ports.clear()
+    urls = [probe.url(f"/port?reuse={i}") for i in range(40)]
+    assert all(r.ok for r in engine.fetch(urls, settings(concurrency=2)))
+    assert len(probe.probe.client_ports) == 40
+    assert len(set(probe.probe.client_ports)) <= 2  # one Session, one connection per worker
+
+
+def test_spawn_start_method_works_too(engine, probe):
+    urls = [probe.url(f"/port?spawn={i}") for i in range(3)]
+    options = {"start_method": "spawn"}
+    assert all(r.ok for r in engine.fetch(urls, settings(concurrency=2, engine_options=options)))
+
+
+class _ExitWhenUnpickled:
+    """Makes every worker die while it starts: unpickling its arguments calls os._exit(3)."""
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+def test_workers_that_cannot_start_end_the_run_with_an_error_not_a_hang(engine, probe):
+    before = descendants()
+    broken = settings(concurrency=2, engine_options={"poison": _ExitWhenUnpickled()})
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="keep dying.*exit code 3"):
+        list(engine.fetch([probe.url("/port?never")], broken))
+    assert time.monotonic() - started < 5
+    assert wait_until_gone(before) == []
+
+
+def _session_processes(sid: int) -> list[psutil.Process]:
+    alive = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == sid and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
+            pass
+    return alive
+
+
+def _wait_session_empty(sid: int, timeout: float = 5.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (left := _session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def test_ctrl_c_to_the_process_group_leaves_no_process(probe, tmp_path):
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(probe.url(f"/slow?s=2&tag=ctrl-c-{i}") + "\n" for i in range(40)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crawler", str(urls), "-e", "pool", "-c", "4", "--no-parse", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert probe.probe.event("ctrl-c-0").wait(20)
+        time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        _, stderr = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    # Workers ignore SIGINT: none dies of it ("Process ForkServerPoolWorker-N:" + traceback).
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and "PoolWorker" not in stderr
+    assert _wait_session_empty(process.pid) == []
+
+
+def test_workers_exit_when_the_parent_is_killed(probe):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import crawler
+        from crawler.plugins import engines, get_plugin_manager
+
+        urls = ["{probe.url('/slow?s=30&tag=orphans-')}" + str(i) for i in range(8)]
+        for result in engines(get_plugin_manager())["pool"].fetch(urls, crawler.Settings(concurrency=4)):
+            print(result)
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        assert probe.probe.event("orphans-0").wait(20)
+        assert len(_session_processes(process.pid)) >= 1 + 4  # the parent and its workers at least
+        process.kill()  # the parent alone: no chance to terminate its pool
+        process.wait()
+        assert _wait_session_empty(process.pid) == []
+    finally:
+        for left in _session_processes(process.pid):
+            left.kill()
