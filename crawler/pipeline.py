@@ -220,22 +220,27 @@ class ParseStage:
 
     def _finished(self, future: Future) -> None:
         with self._cond:
-            flight = self._flights.pop(id(future))
-            self._in_flight_bytes -= flight.size
-            self._pages_in_flight -= len(flight.batch)
-            try:
-                outcomes, cpu = future.result()
+            flight = self._flights[id(future)]
+        try:
+            outcomes, cpu = future.result()
+        except BrokenProcessPool:
+            outcomes, cpu = None, 0.0
+        except BaseException as exc:  # cancelled by an interrupt, or unpicklable
+            outcomes, cpu = [f"{type(exc).__name__}: {exc}"[:200]] * len(flight.batch), 0.0
+        try:
+            if outcomes is not None:
+                for result, outcome in zip(flight.batch, outcomes):
+                    self._deliver(result, outcome)
+        finally:
+            # Only now: drain() must not return before these records are written.
+            with self._cond:
+                del self._flights[id(future)]
+                self._in_flight_bytes -= flight.size
+                self._pages_in_flight -= len(flight.batch)
                 self.parse_cpu_s += cpu
-            except BrokenProcessPool:
-                outcomes = None
-                if not self._closing.is_set():
+                if outcomes is None and not self._closing.is_set():
                     self._orphans.extend(flight.batch)
-            except BaseException as exc:  # cancelled by an interrupt, or unpicklable
-                outcomes = [f"{type(exc).__name__}: {exc}"[:200]] * len(flight.batch)
-            self._cond.notify_all()
-        if outcomes is not None:
-            for result, outcome in zip(flight.batch, outcomes):
-                self._deliver(result, outcome)
+                self._cond.notify_all()
 
     def _deliver(self, result: FetchResult, outcome: "dict | str") -> None:
         if isinstance(outcome, dict):
