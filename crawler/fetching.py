@@ -15,7 +15,7 @@ needs done and is resumed with the outcome:
 * it returns (``StopIteration.value``) the final :class:`FetchResult`.
 
 Blocking engines drive it with :func:`run_blocking`, asyncio engines with
-:func:`run_async`, generator-coroutine engines with ``yield from``.  An
+:func:`run_async`, generator-coroutine engines with :func:`run_coroutine`.  An
 engine's only job is one exchange: connect, send, read status and headers,
 stream the body through a :class:`BodyDecoder`, honour the deadline, and turn
 its library's exceptions into :class:`FetchError` codes.
@@ -428,6 +428,29 @@ def run_blocking(plan: Plan, exchange: Callable[[Exchange], Response]) -> FetchR
                 continue
             try:
                 response = exchange(step)
+            except FetchError as exc:
+                step = plan.throw(exc)
+            else:
+                step = plan.send(response)
+    except StopIteration as done:
+        return done.value
+
+
+def run_coroutine(plan: Plan, exchange: Callable[[Exchange], Generator], sleep: Callable[[float], Generator]):
+    """Drive a plan from a generator coroutine (``yield from run_coroutine(...)``).
+
+    ``exchange(step)`` and ``sleep(seconds)`` are sub-generators that yield
+    whatever the caller's scheduler waits on; the result is the return value.
+    """
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, Sleep):
+                yield from sleep(step.seconds)
+                step = plan.send(None)
+                continue
+            try:
+                response = yield from exchange(step)
             except FetchError as exc:
                 step = plan.throw(exc)
             else:

@@ -36,6 +36,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from functools import partial
 from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
@@ -48,11 +49,11 @@ from crawler.fetching import (
     Exchange,
     FetchError,
     Response,
-    Sleep,
     describe,
     fetch_plan,
     join_headers,
     request_headers,
+    run_coroutine,
 )
 
 # --- 1. the scheduler --------------------------------------------------------------
@@ -402,30 +403,15 @@ def consumer(producer: Iterator[str], settings: crawler.Settings, pool: Pool, re
     headers = request_headers(settings)  # built once, not once per URL
     for url in producer:
         try:
-            result = yield from drive(fetch_plan(url, settings, headers), pool)
+            result = yield from run_coroutine(fetch_plan(url, settings, headers), partial(exchange, pool), backoff)
         except Exception as exc:  # a bug must not lose the URL's record
             result = crawler.FetchResult(url=url, error="other", detail=describe(exc))
         results.append(result)
         yield PASS  # fetch() hands the result on before this consumer takes another URL
 
 
-def drive(plan, pool: Pool):
-    """Run one URL's fetch_plan: its exchanges over the pool, its backoffs as timers."""
-    try:
-        step = next(plan)
-        while True:
-            if type(step) is Sleep:
-                yield Timer(time.monotonic() + step.seconds)
-                step = plan.send(None)
-                continue
-            try:
-                response = yield from exchange(pool, step)
-            except FetchError as exc:
-                step = plan.throw(exc)
-            else:
-                step = plan.send(response)
-    except StopIteration as done:
-        return done.value
+def backoff(seconds: float):
+    yield Timer(time.monotonic() + seconds)
 
 
 def producer(urls: Iterable[str]) -> Iterator[str]:
