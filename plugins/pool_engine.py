@@ -1,8 +1,591 @@
-"""Placeholder: the `pool` engine is being written (issue 3)."""
+"""``pool``: a ``multiprocessing.Pool`` of worker processes, one ``requests.Session`` each.
+
+``--concurrency`` processes each run one blocking request at a time.  Every
+process has its own interpreter and GIL, so the client's Python work (HTTP
+parsing, decompression) spreads over cores; the price is process start-up and
+pickling every result, body included, once across a pipe.  The session is
+made in the pool initializer, so each worker keeps its connections alive from
+one URL to the next.  Results stream back through ``imap_unordered``.
+
+Start method: ``forkserver`` where the platform has it (Linux, the BSDs,
+macOS), else ``spawn``; never ``fork``.
+
+* ``fork`` copies the parent as it is, threads' locks included: the pipeline
+  runs a memory sampler and a progress thread, the parse stage an executor's
+  threads, the asyncio engine a loop thread (and pytest whatever it runs).  A
+  lock held by another thread at fork time stays locked forever in the child.
+  Python 3.12 warns about forking with threads alive and 3.14 stopped using
+  fork as the default on Linux.  It would also make a worker depend on what
+  the parent happened to have imported, so the CLI and the tests would not
+  run the same way.
+* ``spawn`` is safe, but every worker is a fresh interpreter that imports
+  requests (about 0.15 s of CPU each): 32 workers cost about 2-3 s on two
+  cores before the first request.
+* ``forkserver`` starts one clean, single-threaded server process per crawler
+  process (shared with the parse stage's pool), which imports this module
+  (and so requests) once, because it is listed in
+  ``set_forkserver_preload`` below, and then forks each worker from itself.
+  32 workers are ready in about 0.1-0.2 s, with the same behaviour from the
+  CLI and from tests.
+
+``--engine-opt start_method=spawn|forkserver|fork`` and
+``--engine-opt chunksize=N`` override the defaults, for measurements.
+
+A dead worker (killed, segfault, out of memory) must not hang the run:
+``multiprocessing.Pool`` replaces it and silently loses its task, and a
+worker killed inside the pool's queue code can leave a queue lock held
+forever.  See :class:`_Crew` and :meth:`PoolEngine.fetch` for how this engine
+notices, records and works around it.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.pool
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import crawler
+from crawler.fetching import describe, fetch_plan, run_blocking
+
+from . import requests_exchange
+
+# URLs per task handed to a worker (our own batches: Pool's ``chunksize`` > 1
+# returns a plain generator, without the ``next(timeout)`` the dead-worker
+# check needs).  Measured with ``crawl --demo -e pool --no-parse -q
+# --demo-pages 2000 -c 8 --engine-opt chunksize=N`` (2 cores, Python 3.11,
+# best of 3 runs, pages/s):
+#     chunksize   1: 1208    2: 1168    4: 1096    8: 1051    16: 940
+# and with ``--demo-delay 0.02`` (a slow server, 2000 pages):
+#     chunksize   1: 376     4: 353     16: 300
+# One URL per task wins: a task's IPC (pickling a small tuple, one pipe write
+# each way) costs tens of microseconds, less than the variation of one
+# request, and a batch returns only when its slowest URL is done, which holds
+# back the results of the others and leaves workers idle at the end of a run.
+CHUNKSIZE = 4
+# Batch only while the average fetch takes less than this (see _Run._dispatch).
+QUICK_FETCH_S = 0.1
+# Longest wait for a result before looking for dead workers again.
+POLL_S = 0.1
+# A dead worker's task whose fetch had finished (its result was being sent)
+# may still arrive through the pipe: wait this long for it before recording it lost.
+SENDING_GRACE_S = 0.5
+# A retired pool whose results have been waiting this long without one
+# arriving has a jammed result pipe (a worker died while writing to it).
+JAMMED_S = 5.0
+# Pool.close()/terminate() + join() take milliseconds; taking longer than this,
+# they are stuck on something a dead worker left behind (see _Crew.stop).
+STOP_GRACE_S = 1.0
+# Pools in a row whose workers all died before finishing a single URL: the
+# workers cannot start (import error, broken environment); give up.
+MAX_BARREN_POOLS = 3
+
+
+def _preload_in_forkserver() -> None:
+    """Have the forkserver import this module (and requests) once, for every worker it forks.
+
+    Added to whatever is already listed (``__main__`` by default), at import
+    time, because the preload list only counts when the server starts, and
+    the parse stage may start it before this engine runs.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods() or __name__ == "__main__":
+        return
+    from multiprocessing import forkserver
+
+    current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
+    wanted = current + [name for name in [__name__, *_main_script_imports()] if name not in current]
+    if wanted != current:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(wanted)
+
+
+def _main_script_imports() -> list[str]:
+    """Modules the parent's main *script* imports at its top level (e.g. ``crawler.cli`` for ``crawl``).
+
+    Up to Python 3.13.7 the forkserver never preloads ``__main__`` although it
+    is in its list (CPython gh-126631, gh-137996): every child process runs
+    the main script again.  For the ``crawl`` console script that means
+    importing the CLI (typer, rich; ~0.15 s of CPU) in each of 32 workers.
+    With the script's own imports preloaded in the server, that re-run finds
+    them imported and costs next to nothing.  Only modules the parent has
+    already imported are listed; a ``python -m`` run is not concerned (a
+    child skips a ``__main__`` that is a package's ``__main__``).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or getattr(main, "__spec__", None) is not None:
+        return []
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return [name for name in dict.fromkeys(names) if name in sys.modules]
+
+
+_preload_in_forkserver()
+
+
+# --- the worker side: runs in each pool process --------------------------------------
+
+
+@dataclass
+class _WorkerState:
+    settings: crawler.Settings
+    session: object
+    verify: "bool | str"
+    state: object  # the pool's shared array: [retired flag, one int per task slot]
+    pid: int
+
+
+_worker: _WorkerState | None = None  # this process's; set by the pool initializer
+
+
+def _init_worker(settings: crawler.Settings, state) -> None:
+    # Ctrl-C reaches the whole process group; only the parent acts on it (it
+    # then terminates the pool), so a worker does not die with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    global _worker
+    _worker = _WorkerState(settings, requests_exchange.new_session(), settings.ca_file or True, state, os.getpid())
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """Exit when the parent dies without terminating the pool (SIGKILL, a crash).
+
+    A worker waiting for a task is blocked on the pool's queue lock or pipe,
+    which it holds open itself, so it would never notice on its own.
+    """
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="crawl-pool-exit-with-parent", daemon=True).start()
+
+
+def _fetch_one(worker: _WorkerState, url: str) -> crawler.FetchResult:
+    started = time.monotonic()
+    try:
+        return run_blocking(
+            fetch_plan(url, worker.settings),
+            lambda step: requests_exchange.exchange(worker.session, step, worker.verify),
+        )
+    except Exception as exc:  # a bug must cost one record, not the task's place in the pool
+        return crawler.FetchResult(url=url, error="other", detail=describe(exc), elapsed=time.monotonic() - started)
+
+
+def _fetch_batch(batch: list[tuple[int, int, str]]) -> list[tuple[int, crawler.FetchResult | None]]:
+    """Fetch each ``(seq, slot, url)``; ``None`` for a task handed back unrun (retired pool)."""
+    worker = _worker
+    state = worker.state
+    done: list[tuple[int, crawler.FetchResult | None]] = []
+    for seq, slot, url in batch:
+        state[slot] = worker.pid  # "this process is working on the task in this slot"
+        if state[0]:
+            state[slot] = 0
+            done.append((seq, None))
+            continue
+        done.append((seq, _fetch_one(worker, url)))
+        state[slot] = -worker.pid  # "finished; the result is on its way"
+    return done
+
+
+# --- the parent side ----------------------------------------------------------------
+
+
+class _TrackedPool(multiprocessing.pool.Pool):
+    """A Pool that remembers every worker process it starts, replacements included.
+
+    ``Pool._pool`` forgets a dead worker within 0.1 s (and starts another); a
+    list of our own lets the engine read each dead worker's pid and exit code
+    without racing the pool's handler thread.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.workers_started: list = []
+        super().__init__(*args, **kwargs)
+
+    def Process(self, ctx, *args, **kwds):  # noqa: N802 (Pool's name)
+        process = super().Process(ctx, *args, **kwds)
+        self.workers_started.append(process)
+        return process
+
+
+@dataclass(eq=False)
+class _Task:
+    seq: int
+    slot: int  # index in the crews' shared arrays; unique among tasks in flight
+    url: str
+    crew: "_Crew"
+    queued_at: float
+    sending_since: float | None = None  # retired crews: when its result was first seen on its way
+
+
+def _died(code: int) -> str:
+    if code < 0:
+        try:
+            return f"pool worker died (exit code {code}, {signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"pool worker died (exit code {code})"
+
+
+class _Crew:
+    """One ``multiprocessing.Pool`` with its task feed, its results and its shared state array.
+
+    ``state[0]`` is the "retired" flag; ``state[slot]`` says which worker is
+    on the task in that slot: ``+pid`` while fetching, ``-pid`` once the
+    fetch is done and the result is being sent, ``0`` before a worker took it.
+    Writes of one aligned int are atomic, so no lock is needed: each slot has
+    one writer at a time.
+    """
+
+    def __init__(self, ctx, settings: crawler.Settings, processes: int, slots: int):
+        self.state = ctx.RawArray("i", slots + 1)
+        self.feed: queue.SimpleQueue = queue.SimpleQueue()
+        self.pool = _TrackedPool(processes, _init_worker, (settings, self.state), context=ctx)
+        # The feed is read lazily by the pool's task-handler thread; None ends it.
+        self.results = self.pool.imap_unordered(_fetch_batch, iter(self.feed.get, None))
+        self.dead: dict[int, tuple[int, float]] = {}  # pid -> (exit code, when seen)
+        self.broken = False  # a worker died: the pool's queues may be jammed
+        self.completed = 0
+        self.batches_out = 0  # batches submitted whose results have not come back
+        self.retired_at: float | None = None
+        self.last_result_at = time.monotonic()
+        self.stopped = False
+
+    def submit(self, tasks: list[_Task]) -> None:
+        for task in tasks:
+            task.crew = self
+            self.state[task.slot] = 0
+        self.feed.put([(task.seq, task.slot, task.url) for task in tasks])
+        self.batches_out += 1
+
+    def take(self, timeout: float) -> list[tuple[int, crawler.FetchResult | None]]:
+        """One batch of results, or [] when none came within ``timeout``."""
+        try:
+            batch = self.results.next(timeout)
+        except (multiprocessing.TimeoutError, StopIteration):
+            return []
+        self.completed += len(batch)
+        self.batches_out -= 1
+        self.last_result_at = time.monotonic()
+        return batch
+
+    def look_for_deaths(self) -> None:
+        now = time.monotonic()
+        for process in list(self.pool.workers_started):
+            code = process.exitcode
+            if code is not None:
+                self.dead[process.pid] = (code, now)
+                self.pool.workers_started.remove(process)
+                self.broken = True
+
+    def retire(self) -> None:
+        """No new work: tasks a worker takes from now on are handed back unrun."""
+        self.state[0] = 1
+        self.feed.put(None)
+        self.retired_at = time.monotonic()
+
+    def stop(self, graceful: bool) -> None:
+        """Close (``graceful``: all results are in) or terminate the pool; never hang on a dead worker."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.retired_at is None:
+            self.feed.put(None)  # the task-handler thread must end: close/terminate join it
+        self.look_for_deaths()
+        if self.broken:
+            self._kill_workers()
+        finish = self._close if graceful and not self.broken else self._terminate
+        finisher = threading.Thread(target=finish, name="crawl-pool-stop", daemon=True)
+        finisher.start()
+        finisher.join(STOP_GRACE_S if self.broken else 5 * STOP_GRACE_S)
+        if finisher.is_alive():
+            # Stuck: a worker died holding a queue lock (Pool.terminate() waits
+            # for it forever), or in the middle of writing a result, so the
+            # pool's result thread waits for the rest of a message that never
+            # comes.  Kill every worker, free the locks, and let the result
+            # pipe see its end: with the workers dead, our end is its last
+            # writer; once that is pointed at /dev/null the read ends (EOF),
+            # the result thread exits, and terminate/join can finish (their own
+            # last write then goes to /dev/null).
+            self._kill_workers()
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, self.pool._outqueue._writer.fileno())
+                finally:
+                    os.close(devnull)
+            except (OSError, ValueError):
+                pass
+            finisher.join(STOP_GRACE_S)
+
+    def _close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+    def _terminate(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+    def _kill_workers(self) -> None:
+        """Stop replacing workers, kill them all, free the queue locks the dead may hold."""
+        pool = self.pool
+        handler = pool._worker_handler
+        handler._state = multiprocessing.pool.TERMINATE
+        pool._change_notifier.put(None)
+        handler.join(1.0)
+        processes = list(pool.workers_started) + list(pool._pool)
+        for process in processes:
+            if process.exitcode is None:
+                process.kill()
+        for process in processes:
+            process.join(1.0)
+        # SimpleQueue.get() holds the inqueue's read lock while it waits for a
+        # task, put() the outqueue's write lock while it writes a result: a
+        # worker killed there never releases it.  With every worker gone, a
+        # lock that stays taken is such an orphan.
+        for lock in (pool._inqueue._rlock, pool._outqueue._wlock):
+            lock.acquire(timeout=0.1)  # now ours, or still an orphan's: free it either way
+            try:
+                lock.release()
+            except ValueError:  # released meanwhile by a thread of ours
+                pass
+
+
+def _max_fetch_s(settings: crawler.Settings) -> float:
+    """The longest one URL can take: every redirect hop, every try, every backoff."""
+    one_hop = (settings.retries + 1) * settings.timeout + settings.retries * settings.backoff_max
+    return (settings.max_redirects + 1) * one_hop + 5.0
+
+
+def _context(settings: crawler.Settings):
+    method = settings.engine_options.get("start_method")
+    if not method:
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    if method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"pool: start_method {method!r} is not one of {multiprocessing.get_all_start_methods()}")
+    return multiprocessing.get_context(method)
+
+
+class PoolEngine:
+    name = "pool"
+    description = "multiprocessing.Pool + requests, a Session per worker process, imap_unordered"
+    fetches_in_processes = True  # so the per-host gate is shared through a manager process
+
+    def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+        yield from _Run(urls, settings).results()
+
+
+class _Run:
+    """One ``fetch``: reads the URLs lazily, hands them to the pool, yields results.
+
+    Bounded memory: at most ``limit`` URLs are read and not yet answered; the
+    list is read only as results come back (``Pool.imap_unordered`` itself
+    would consume the whole iterable at once).
+
+    Dead workers: each task has a slot in the pool's shared array
+    (:class:`_Crew`) where the worker that takes it writes its pid.  Every
+    ``POLL_S`` the parent looks for exited processes among all the workers
+    the pool ever started; a task whose slot holds a dead worker's pid is
+    recorded as ``error="other", detail="pool worker died (exit code -9,
+    SIGKILL)"``.  The pool is then *retired*: a worker killed inside the
+    pool's queue code can leave a queue lock held forever (the pool would
+    then never start another task, and ``Pool.terminate()`` would wait for
+    that lock), so it gets no new work; tasks it has not started move to a
+    fresh pool, tasks running on its live workers finish there, and once it
+    has none left it is torn down (workers killed, orphaned locks freed).
+    A retired pool whose result pipe stays jammed, or that outlives the
+    longest possible fetch, has its remaining tasks recorded as lost.  So the
+    run always finishes with exactly one record per URL (a late result for a
+    task already recorded is dropped).
+    """
+
+    def __init__(self, urls: Iterable[str], settings: crawler.Settings):
+        self.settings = settings
+        self.ctx = _context(settings)
+        self.chunk = max(1, int(settings.engine_options.get("chunksize", CHUNKSIZE)))
+        self.processes = max(1, settings.concurrency)
+        # URLs read and not yet answered: enough to keep every worker busy
+        # while results travel back, and full batches when batching.
+        self.limit = 2 * self.processes * self.chunk
+        self.free_slots = list(range(self.limit, 0, -1))  # slot 0 of a state array is the retired flag
+        self.pending: dict[int, _Task] = {}  # sent to a worker, not yet answered
+        self.unsent: collections.deque[str] = collections.deque()  # read, waiting to fill a batch
+        self.source = iter(urls)
+        self.exhausted = False
+        self.numbers = itertools.count()
+        self.fetch_s: float | None = None  # moving average of fetch times
+        self.max_fetch_s = _max_fetch_s(settings)
+        self.current: _Crew | None = None
+        self.retiring: list[_Crew] = []
+        self.barren = 0
+        self.next_check = 0.0
+
+    def results(self) -> Iterator[crawler.FetchResult]:
+        finished = False
+        try:
+            self.current = _Crew(self.ctx, self.settings, self.processes, self.limit)
+            self.next_check = time.monotonic() + POLL_S
+            while True:
+                self._top_up()
+                if self.exhausted and not self.pending and not self.unsent:
+                    break
+                ready = self._collect()
+                now = time.monotonic()
+                if now >= self.next_check:
+                    self.next_check = now + POLL_S
+                    ready.extend(self._check_workers(now))
+                yield from ready
+            finished = True
+        finally:
+            for crew in [self.current, *self.retiring]:
+                if crew is not None:
+                    crew.stop(graceful=finished and crew is self.current)
+
+    # -- feeding ----------------------------------------------------------------
+
+    def _top_up(self) -> None:
+        """Read the list lazily, no further than ``limit`` URLs ahead of their results."""
+        self._dispatch()
+        while not self.exhausted and len(self.pending) + len(self.unsent) < self.limit:
+            try:
+                self.unsent.append(next(self.source))
+            except StopIteration:
+                self.exhausted = True
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Send read URLs to the pool: one per task, or in batches of ``chunk`` when that costs nothing.
+
+        Batching saves the parent IPC work per URL (see ``CHUNKSIZE``), but a
+        batch comes back when its last URL is done and holds its URLs on one
+        worker.  So URLs are batched only when every worker already has a
+        task waiting and fetches are quick (a batch then delays its URLs by a
+        few fetch times at most); the end of the list goes out one by one.
+        """
+        current = self.current
+        while self.unsent:
+            quick = self.fetch_s is not None and self.fetch_s < QUICK_FETCH_S
+            batching = quick and not self.exhausted and current.batches_out >= self.processes
+            size = self.chunk if batching else 1
+            if len(self.unsent) < size:
+                return
+            batch = []
+            for _ in range(size):
+                task = _Task(next(self.numbers), self.free_slots.pop(), self.unsent.popleft(), current, time.monotonic())
+                self.pending[task.seq] = task
+                batch.append(task)
+            current.submit(batch)
+
+    # -- results ----------------------------------------------------------------
+
+    def _collect(self) -> list[crawler.FetchResult]:
+        """Results that came back, waiting up to ``POLL_S`` for the first."""
+        arrived = [(self.current, item) for item in self.current.take(POLL_S / 5 if self.retiring else POLL_S)]
+        for crew in self.retiring:
+            while got := crew.take(0):
+                arrived.extend((crew, item) for item in got)
+        ready = []
+        for crew, (seq, result) in arrived:
+            task = self.pending.get(seq)
+            if task is None or task.crew is not crew:
+                continue  # already recorded as lost, or moved to another pool
+            if result is None:  # a retired pool handed it back unrun
+                self.current.submit([task])
+                continue
+            self._done(task)
+            self.fetch_s = result.elapsed if self.fetch_s is None else 0.9 * self.fetch_s + 0.1 * result.elapsed
+            ready.append(result)
+        return ready
+
+    def _done(self, task: _Task) -> None:
+        del self.pending[task.seq]
+        self.free_slots.append(task.slot)
+
+    def _lost(self, task: _Task, detail: str) -> crawler.FetchResult:
+        self._done(task)
+        return crawler.FetchResult(url=task.url, error="other", detail=detail, elapsed=time.monotonic() - task.queued_at)
+
+    # -- dead workers -----------------------------------------------------------
+
+    def _check_workers(self, now: float) -> list[crawler.FetchResult]:
+        ready = []
+        for crew in (self.current, *self.retiring):
+            crew.look_for_deaths()
+            if not crew.dead:
+                continue
+            for task in [t for t in self.pending.values() if t.crew is crew]:
+                holder = crew.state[task.slot]
+                death = crew.dead.get(abs(holder)) if holder else None
+                # +pid: it died fetching.  -pid: it died after the fetch, maybe
+                # while sending the result; give the pipe a moment to deliver it.
+                if death and (holder > 0 or now - death[1] >= SENDING_GRACE_S):
+                    ready.append(self._lost(task, _died(death[0])))
+        if self.current.broken:
+            self._retire_current()
+        for crew in list(self.retiring):
+            ready.extend(self._settle_retired(crew, now))
+            if not any(t.crew is crew for t in self.pending.values()):
+                self.retiring.remove(crew)
+                crew.stop(graceful=False)
+        return ready
+
+    def _retire_current(self) -> None:
+        old = self.current
+        self.barren = self.barren + 1 if old.completed == 0 else 0
+        if self.barren >= MAX_BARREN_POOLS:
+            code = next(iter(old.dead.values()))[0]
+            raise RuntimeError(f"pool: worker processes keep dying before fetching anything ({_died(code)})")
+        old.retire()
+        self.retiring.append(old)
+        self.current = _Crew(self.ctx, self.settings, self.processes, self.limit)
+        for task in [t for t in self.pending.values() if t.crew is old and old.state[t.slot] == 0]:
+            self.current.submit([task])
+
+    def _settle_retired(self, crew: _Crew, now: float) -> list[crawler.FetchResult]:
+        """Record as lost what a retired pool can no longer deliver."""
+        mine = [t for t in self.pending.values() if t.crew is crew]
+        if not mine:
+            return []
+        detail = _died(next(iter(crew.dead.values()))[0]) + "; result lost"
+        if now - crew.retired_at > self.max_fetch_s:
+            return [self._lost(t, detail) for t in mine]
+        running = {crew.state[t.slot] for t in mine if crew.state[t.slot] > 0}
+        jammed = False
+        for task in mine:
+            holder = crew.state[task.slot]
+            if holder < 0 and -holder not in running:  # fetched; only sending it is left
+                task.sending_since = task.sending_since or now
+                jammed = jammed or now - max(crew.last_result_at, task.sending_since) > JAMMED_S
+            else:
+                task.sending_since = None
+        if jammed:  # a worker died mid-write: nothing more comes out of this pipe
+            return [self._lost(t, detail) for t in mine]
+        return []
 
 
 @crawler.hookimpl
 def crawler_engines():
-    return []
+    return [PoolEngine()]

@@ -177,6 +177,43 @@ def test_idle_worker_killed_holding_the_task_queue_lock_does_not_jam_the_run(eng
     assert wait_until_gone(before) == []
 
 
+def test_worker_killed_while_sending_a_large_result_does_not_hang(engine, server, monkeypatch):
+    # Killed a few tens of ms after its fetch ended, the worker is usually in
+    # the middle of writing 30 MB to the result pipe: the pool's result thread
+    # is then left waiting for the rest of that message.
+    runs = []
+    init = pool_engine._Run.__init__
+    monkeypatch.setattr(pool_engine._Run, "__init__", lambda self, *a, **k: (init(self, *a, **k), runs.append(self))[0])
+    before = descendants()
+    big = server.url("/big?n=30000000&jam")
+    urls = [big] + [server.url(f"/page/jam{i}") for i in range(6)]
+    results: list = []
+    thread = consume_in_thread(results, engine.fetch(urls, settings(concurrency=2, max_bytes=50_000_000)))
+    victim = None
+    deadline = time.monotonic() + 10
+    while victim is None and time.monotonic() < deadline and thread.is_alive():
+        try:
+            run = runs[0]
+            [task] = [t for t in list(run.pending.values()) if t.url == big] or [None]
+            holder = task.crew.state[task.slot] if task else 0
+        except (IndexError, RuntimeError):  # not started yet; pending changed while read
+            holder = 0
+        if holder < 0:  # fetched, now being sent
+            victim = -holder
+            time.sleep(0.07)
+            os.kill(victim, signal.SIGKILL)
+        time.sleep(0.001)
+    assert victim is not None
+    thread.join(10)
+    assert not thread.is_alive(), "the run hangs on a jammed result pipe"
+    assert [t for t in threading.enumerate() if t.name == "crawl-pool-stop"] == []  # the pool really stopped
+    assert sorted(r.url for r in results) == sorted(urls)
+    by_url = {r.url: r for r in results}
+    assert by_url[big].error == "other" and "pool worker died" in by_url[big].detail
+    assert all(by_url[u].ok for u in urls[1:])
+    assert wait_until_gone(before) == []
+
+
 def test_closing_early_leaves_no_worker_process(engine, probe):
     before = descendants()
     urls = (probe.url(f"/port?close={i}") for i in itertools.count())
