@@ -27,6 +27,7 @@ import datetime
 import email.utils
 import functools
 import random
+import re
 import time
 import zlib
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Awaitable, Callable, Generator, Mapping, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from .engines import FetchResult, Settings
+from .politeness import ROBOTS_KNOWN, ROBOTS_PENDING
 
 # SPEC §6.  "parse" and "robots" are given by the pipeline, never by engines.
 ERROR_CODES = (
@@ -104,6 +106,9 @@ Plan = Generator[Step, Union[Response, None], FetchResult]
 # --- URLs --------------------------------------------------------------------------
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def http_url(url: str) -> str:
     """Return ``url`` ready for the wire, or raise ``FetchError("invalid_url")``.
 
@@ -111,7 +116,7 @@ def http_url(url: str) -> str:
     the fragment dropped, and characters that cannot travel in a request
     line are percent-encoded.
     """
-    if not url or any(ord(ch) < 0x21 and ch != " " or ch == "\x7f" for ch in url):
+    if not url or _CONTROL_CHARS.search(url):
         raise FetchError("invalid_url", "empty URL or control characters")
     try:
         parts = urlsplit(url.strip())
@@ -398,8 +403,6 @@ def _fetch_robots(gate, robots_url: str, headers: Mapping[str, str], settings: S
 
 def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settings: Settings):
     """None when ``url`` may be fetched, else the (error code, detail) of its record."""
-    from .politeness import ROBOTS_KNOWN, ROBOTS_PENDING
-
     while (state := gate.robots(key)) != ROBOTS_KNOWN:
         if state == ROBOTS_PENDING:
             yield Sleep(0.01)

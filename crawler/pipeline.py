@@ -365,7 +365,7 @@ def run_engine(
     parse stage stopped, the stats of what completed kept, and the exception
     re-raised with the stats attached as ``exc.run_stats``.
     """
-    stats = RunStats(engine.name)
+    stats = RunStats(engine.name, exclude_pids)
     stats.concurrency = settings.concurrency
     lock = threading.Lock()
     following = options.depth > 0 and options.parse
@@ -459,8 +459,6 @@ def run_engine(
             stats.parse_cpu_s = stage.parse_cpu_s
             stats.peak_parse_backlog = stage.peak_backlog
             stats.parse_wait_s = stage.wait_s
-            if stage.workers > 0:  # inline parsing is already in this process's CPU time
-                stats.cpu_s += stage.parse_cpu_s
     return stats
 
 

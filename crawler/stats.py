@@ -91,10 +91,44 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+class CpuMeter:
+    """CPU of this process and every process under it, minus ``exclude`` (the demo site).
+
+    Worker processes are often grandchildren (a forkserver's children): their
+    CPU shows in no rusage of ours, so the live descendants are read one by
+    one, each with what its own reaped children used.
+    """
+
+    def __init__(self, exclude: frozenset[int] = frozenset()):
+        self.exclude = exclude
+        self._me = psutil.Process()
+        self._own = 0.0
+        self._descendants: dict[int, float] = {}
+
+    def _read(self) -> tuple[float, dict[int, float]]:
+        descendants = {}
+        for child in self._me.children(recursive=True):
+            if child.pid in self.exclude:
+                continue
+            try:
+                t = child.cpu_times()
+            except psutil.Error:
+                continue  # ended between listing and reading: its parent's rusage has it
+            descendants[child.pid] = t.user + t.system + t.children_user + t.children_system
+        return cpu_seconds(), descendants
+
+    def start(self) -> None:
+        self._own, self._descendants = self._read()
+
+    def elapsed(self) -> float:
+        own, descendants = self._read()
+        return own - self._own + sum(cpu - self._descendants.get(pid, 0.0) for pid, cpu in descendants.items())
+
+
 class RunStats:
     """Everything the report says about one engine's run."""
 
-    def __init__(self, engine: str):
+    def __init__(self, engine: str, exclude_pids: frozenset[int] = frozenset()):
         self.engine = engine
         self.lines_read = 0
         self.skipped = 0
@@ -120,15 +154,15 @@ class RunStats:
         self.politeness: dict | None = None  # hosts seen, most requests in flight to one host
         self.engine_stats: dict | None = None  # what the engine's fetch() returned, if a dict
         self._started = 0.0
-        self._cpu_started = 0.0
+        self._cpu = CpuMeter(exclude_pids)
 
     def start(self) -> None:
         self._started = time.perf_counter()
-        self._cpu_started = cpu_seconds()
+        self._cpu.start()
 
     def stop(self) -> None:
         self.wall_s = time.perf_counter() - self._started
-        self.cpu_s = cpu_seconds() - self._cpu_started
+        self.cpu_s = self._cpu.elapsed()
 
     def returned(self) -> None:
         """The engine gave a result back; what it still holds is in flight."""
