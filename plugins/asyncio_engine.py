@@ -37,29 +37,24 @@ class AsyncioEngine:
     description = "aiohttp ClientSession, asyncio.gather over worker coroutines fed by a queue"
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
-        results: queue.SimpleQueue = queue.SimpleQueue()
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
-        # Bounded hand-off: workers pause while this many results wait to be taken.
-        backlog_limit = max(settings.concurrency * 2, 64)
-        pending = [0]  # results put but not yet taken; ints are swapped atomically under the GIL
+        handoff = _Handoff(loop, limit=max(settings.concurrency * 2, 64))
 
         async def main() -> None:
             try:
-                await _crawl(urls, settings, results, pending, backlog_limit, stop)
+                await _crawl(urls, settings, handoff, stop)
             finally:
-                results.put(_DONE)
+                handoff.results.put(_DONE)
 
         thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="crawl-asyncio", daemon=True)
         thread.start()
         try:
             while True:
-                item = results.get()
+                item = handoff.results.get()
                 if item is _DONE:
                     break
-                if isinstance(item, BaseException):
-                    raise item
-                pending[0] -= 1
+                handoff.took()
                 yield item
         finally:
             if thread.is_alive():
@@ -69,7 +64,40 @@ class AsyncioEngine:
                 loop.close()
 
 
-async def _crawl(urls, settings, results, pending, backlog_limit, stop: asyncio.Event) -> None:
+class _Handoff:
+    """Results from the loop thread to the caller's, at most ``limit`` waiting.
+
+    Each counter has one writer (``put``: the loop thread, ``taken``: the
+    caller's), so no lock is needed; the loop is woken only when workers
+    actually wait for room, not once per result.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int):
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.loop = loop
+        self.limit = limit
+        self.put = 0
+        self.taken = 0
+        self.waiting = False
+        self.room = asyncio.Event()
+
+    async def give(self, result: crawler.FetchResult) -> None:
+        while self.put - self.taken >= self.limit:
+            self.room.clear()
+            self.waiting = True
+            if self.put - self.taken >= self.limit:
+                await self.room.wait()
+        self.put += 1
+        self.results.put(result)
+
+    def took(self) -> None:
+        self.taken += 1
+        if self.waiting and self.put - self.taken < self.limit:
+            self.waiting = False
+            self.loop.call_soon_threadsafe(self.room.set)
+
+
+async def _crawl(urls, settings, handoff: _Handoff, stop: asyncio.Event) -> None:
     ssl_context = ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
     connector = aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0, ssl=ssl_context, ttl_dns_cache=300)
     url_queue: asyncio.Queue = asyncio.Queue(maxsize=settings.concurrency)
@@ -97,10 +125,7 @@ async def _crawl(urls, settings, results, pending, backlog_limit, stop: asyncio.
                     result = await run_async(fetch_plan(url, settings), exchange)
                 except Exception as exc:  # a bug must not lose the URL's record
                     result = crawler.FetchResult(url=url, error="other", detail=f"{type(exc).__name__}: {exc}")
-                while pending[0] >= backlog_limit:
-                    await asyncio.sleep(0.002)
-                pending[0] += 1
-                results.put(result)
+                await handoff.give(result)
 
         async def producer() -> None:
             for url in urls:
