@@ -22,27 +22,13 @@ JSON line like the bare loops (see bare_aiohttp.py).  Needs
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import sys
 import time
 
 import scrapy
 from scrapy import signals
 from scrapy.crawler import CrawlerProcess
 
-
-def cpu_seconds() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def read_urls(args: argparse.Namespace) -> list[str]:
-    if args.base:
-        return [f"{args.base.rstrip('/')}/page/{n}" for n in range(args.count)]
-    with open(args.urls, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+from bare_common import arg_parser, cpu_seconds, report, urls_from
 
 
 class ListSpider(scrapy.Spider):
@@ -80,17 +66,9 @@ class ListSpider(scrapy.Spider):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("urls", nargs="?", help="file with one URL per line")
-    parser.add_argument("--base", help="base URL of the synthetic site (instead of a file)")
-    parser.add_argument("--count", type=int, default=1000, help="with --base: URLs /page/0 .. /page/COUNT-1")
-    parser.add_argument("-c", "--concurrency", type=int, default=64)
+    parser = arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("fetch", "extract"), default="fetch")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    args = parser.parse_args()
-    if not args.urls and not args.base:
-        parser.error("give URLFILE or --base")
-    urls = read_urls(args)
+    args, urls = urls_from(parser)
 
     settings = {
         "LOG_ENABLED": False,
@@ -128,14 +106,8 @@ def main() -> None:
     process.start()
 
     seconds, cpu = marks["t1"] - marks["t0"], marks["cpu1"] - marks["cpu0"]
-    pages = counts["pages"]
-    print(json.dumps({
-        "loop": f"scrapy_{args.mode}", "scrapy": scrapy.__version__, "concurrency": args.concurrency, "urls": len(urls),
-        "pages": pages, "errors": counts["errors"], "bytes": counts["bytes"],
-        "seconds": round(seconds, 3), "pages_per_s": round(pages / seconds, 1),
-        "cpu_s": round(cpu, 3), "cpu_ms_per_page": round(1000 * cpu / max(pages, 1), 3),
-    }))
-    sys.exit(0 if pages else 1)
+    report(f"scrapy_{args.mode}", args, urls, counts["pages"], counts["errors"], counts["bytes"], seconds, cpu,
+           lead={"scrapy": scrapy.__version__})
 
 
 if __name__ == "__main__":
