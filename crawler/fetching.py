@@ -422,21 +422,21 @@ def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settin
 
 def run_blocking(plan: Plan, exchange: Callable[[Exchange], Response]) -> FetchResult:
     """Drive a plan with a blocking ``exchange`` function (threads, processes)."""
+
+    def exchange_now(step: Exchange):
+        return exchange(step)
+        yield  # a generator that never waits: the call above already blocked
+
+    def sleep_now(seconds: float):
+        time.sleep(seconds)
+        return
+        yield
+
     try:
-        step = next(plan)
-        while True:
-            if isinstance(step, Sleep):
-                time.sleep(step.seconds)
-                step = plan.send(None)
-                continue
-            try:
-                response = exchange(step)
-            except FetchError as exc:
-                step = plan.throw(exc)
-            else:
-                step = plan.send(response)
+        next(run_coroutine(plan, exchange_now, sleep_now))
     except StopIteration as done:
         return done.value
+    raise AssertionError("a blocking plan never waits on a scheduler")
 
 
 def run_coroutine(plan: Plan, exchange: Callable[[Exchange], Generator], sleep: Callable[[float], Generator]):
