@@ -286,7 +286,7 @@ class RawServer:
                     return
                 request += data
             path = request.split(b" ")[1].decode()
-            for action in self.routes.get(path, [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "close"]):
+            for action in self.routes.get(path, [b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", "close"]):
                 if isinstance(action, bytes):
                     conn.sendall(action)
                 elif isinstance(action, float):
