@@ -61,6 +61,9 @@ class Settings:
     backoff_max: float = 5.0
     max_retry_after: float = 60.0  # a longer Retry-After is not waited for: the URL fails
     engine_options: Mapping[str, str] = field(default_factory=dict)
+    # what the pipeline will do with pages, for engines that parse where they fetch
+    parse: bool = True
+    want_links: bool = False
     # politeness (see crawler.politeness): filled in per run by the pipeline
     per_host: int | None = None
     delay: float = 0.0

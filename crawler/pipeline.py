@@ -405,6 +405,7 @@ def run_engine(
     )
     if stage:
         stage.want_links = following
+    settings = settings.replace(parse=options.parse, want_links=following)
     gate, gate_manager = _politeness_gate(engine, settings)
     if gate is not None:
         settings = settings.replace(gate=gate)

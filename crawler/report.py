@@ -29,6 +29,7 @@ def build_report(
     fastest = max((s["pages_per_s"] for s in summaries), default=0) or 1e-9
     engines = [dict(s, relative=round(s["pages_per_s"] / fastest, 3), verdict=verdict(s, latency_s)) for s in summaries]
     merged = {**asdict(settings.replace(gate=None)), **asdict(options), **(extra_settings or {})}
+    merged.pop("want_links", None)
     merged["engine_options"] = dict(settings.engine_options)
     merged.pop("gate", None)
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import socket
 import struct
 import threading
@@ -225,9 +226,34 @@ def refused_port():
 ENGINE_NAMES = sorted(registered_engines(get_plugin_manager()))
 
 
+# Engines that run on a resource shared by the whole session: the fixture giving
+# their extra settings.  run_records() adds ENGINE_SETTINGS[name] to every run.
+ENGINE_SETTINGS_FIXTURES = {"dask": "dask_settings"}
+ENGINE_SETTINGS: dict[str, dict] = {}
+
+
 @pytest.fixture(params=ENGINE_NAMES)
 def engine_name(request) -> str:
+    fixture = ENGINE_SETTINGS_FIXTURES.get(request.param)
+    if fixture:
+        ENGINE_SETTINGS[request.param] = request.getfixturevalue(fixture)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler():
+    """One LocalCluster for the session (2 single-threaded worker processes): a dask run only connects to it."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # not 8787: it may be taken
+    ) as cluster:  # fmt: skip
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def dask_settings(dask_scheduler) -> dict:
+    return {"engine_options": {"scheduler": dask_scheduler}}
 
 
 def run_records(engine_name: str, urls, parse: bool = True, **settings) -> list[dict]:
@@ -237,6 +263,8 @@ def run_records(engine_name: str, urls, parse: bool = True, **settings) -> list[
     settings.setdefault("timeout", 5.0)
     settings.setdefault("concurrency", 8)
     settings.setdefault("backoff_base", 0.05)
+    extra = ENGINE_SETTINGS.get(engine_name, {})
+    settings = {**extra, **settings, "engine_options": {**extra.get("engine_options", {}), **settings.get("engine_options", {})}}
     following = {key[len("follow_") :] if key.startswith("follow_") else key: settings.pop(key) for key in ("follow_depth", "same_host", "max_pages") if key in settings}
     options = RunOptions(parse=parse, parse_workers=0, **following)
     run_engine(engine, list(urls), crawler.Settings(**settings), options, records.append)

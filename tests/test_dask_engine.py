@@ -25,8 +25,10 @@ distributed = pytest.importorskip("distributed")
 
 import conftest  # noqa: E402
 import test_conformance as conformance  # noqa: E402
+import test_following as following  # noqa: E402
 import test_politeness as politeness  # noqa: E402
 from conftest import by_url, run_records  # noqa: E402
+from test_following import sites  # noqa: E402,F401  (the fixture, for the following cases)
 from test_politeness import watcher  # noqa: E402,F401  (the fixture, for the politeness cases)
 
 import crawler  # noqa: E402
@@ -115,11 +117,32 @@ def run_shared_case(module, case: str, given: dict, request, monkeypatch, schedu
     test("dask", **given, **{name: request.getfixturevalue(name) for name in names})
 
 
+# Once conftest gives the dask engine a shared cluster (ENGINE_SETTINGS_FIXTURES), the shared
+# suites run it in full themselves, and these subsets would only repeat them.
+SHARED_SUITES_RUN_DASK = "dask" in getattr(conftest, "ENGINE_SETTINGS_FIXTURES", {})
+subset = pytest.mark.skipif(SHARED_SUITES_RUN_DASK, reason="the shared suites run the dask engine themselves")
+
+
+@subset
 @pytest.mark.parametrize("case", CONFORMANCE_CASES)
 def test_conformance_case(case, request, monkeypatch, dask_scheduler):
     run_shared_case(conformance, case, {}, request, monkeypatch, dask_scheduler)
 
 
+FOLLOWING_CASES = [
+    "test_depth_two_same_host_gives_exactly_the_expected_records",
+    "test_any_host_follows_other_hosts",
+    "test_max_pages_bounds_what_is_queued",
+]
+
+
+@subset
+@pytest.mark.parametrize("case", FOLLOWING_CASES)
+def test_following_case(case, request, monkeypatch, dask_scheduler):
+    run_shared_case(following, case, {}, request, monkeypatch, dask_scheduler)
+
+
+@subset
 @pytest.mark.parametrize("case, given", POLITENESS_CASES, ids=[f"{c}{list(g.values()) or ''}" for c, g in POLITENESS_CASES])
 def test_politeness_case(case, given, request, monkeypatch, dask_scheduler):
     run_shared_case(politeness, case, given, request, monkeypatch, dask_scheduler)
@@ -182,11 +205,11 @@ def test_a_page_the_parser_fails_on_gets_the_record_the_local_pipeline_writes(se
     [fetched] = list(AsyncioEngine().fetch([server.url("/page/boom")], settings))
     local = make_record("e", fetched, parse_error="ValueError: boom")
 
-    def broken(url, body, content_type):
+    def broken(url, body, content_type, *more):
         raise ValueError("boom")
 
     monkeypatch.setattr(parse, "parse_page", broken)
-    outcome = dask_engine._run_batch(7, [server.url("/page/boom")], settings, True, None)  # the task, run here
+    outcome = dask_engine._run_batch(7, [server.url("/page/boom")], settings, (True, False), None)  # the task, run here
     [slim] = outcome["results"]
     assert slim.body == b"" and slim.size == len(fetched.body)
     remote = make_record("e", slim, dict(slim.parsed))  # as the pipeline does with a result it need not parse
@@ -195,14 +218,16 @@ def test_a_page_the_parser_fails_on_gets_the_record_the_local_pipeline_writes(se
     assert outcome["id"] == 7 and outcome["cpu_s"] >= outcome["parse_cpu_s"] >= 0
 
 
-def test_bodies_stay_on_the_workers(server, dask_scheduler):
+@pytest.mark.parametrize("links", ["0", "1"])
+def test_bodies_stay_on_the_workers(links, server, dask_scheduler):
     engine = dask_engine.DaskEngine()
-    settings = crawler.Settings(engine_options={"scheduler": dask_scheduler})
-    results = list(engine.fetch([server.url("/gzip"), server.url("/image"), "not a url"], settings))
+    settings = crawler.Settings(engine_options={"scheduler": dask_scheduler, "links": links})
+    results = {r.url: r for r in engine.fetch([server.url("/gzip"), server.url("/image"), "not a url"], settings)}
     assert len(results) == 3
-    for result in results:
-        assert result.body == b"" and result.parsed is not None and set(result.parsed) == set(crawler.parse.PARSE_FIELDS)
-    assert {r.size for r in results} >= {8 + 1024}
+    for result in results.values():
+        assert result.body == b"" and set(result.parsed) - {"link_urls"} == set(crawler.parse.PARSE_FIELDS)
+    assert results[server.url("/image")].size == 8 + 1024
+    assert ("link_urls" in results[server.url("/gzip")].parsed) == (links == "1")  # for --depth
 
 
 def test_no_parse_option_hashes_but_does_not_parse(server, dask_scheduler):
@@ -362,6 +387,29 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(pinned, serve
     if pinned:
         assert figures["resubmitted"] >= 1  # the client moved the dead worker's batches
     dask_client.wait_for_workers(2, timeout=30)  # the nanny restarts it for the next tests
+
+
+def test_a_scheduler_lost_mid_run_ends_it_with_a_usage_error_not_a_hang(server):
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None, silence_logs=logging.ERROR,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+    )  # fmt: skip
+    records: list[dict] = []
+
+    def progress(record):
+        if len(records) == 1:  # the first batch is written: the scheduler goes away
+            threading.Thread(target=cluster.close, daemon=True).start()
+
+    urls = [server.url(f"/delay?s=0.1&i={i}") for i in range(200)]
+    options = {"scheduler": cluster.scheduler_address, "batch": "8", "connect_timeout": "1"}
+    settings = crawler.Settings(concurrency=4, timeout=5.0, engine_options=options)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CrawlerError, match="lost the Dask scheduler"):
+            run_engine(dask_engine.DaskEngine(), urls, settings, RunOptions(parse_workers=0), records.append, progress)
+    finally:
+        cluster.close()
+    assert 8 <= len(records) < 200 and time.monotonic() - started < 20
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def test_signal_keeps_what_was_fetched_and_leaves_no_process(engine_name, server
 
 def test_sigkill_then_resume_gives_a_complete_duplicate_free_file(engine_name, server, tmp_path):
     urls = tmp_path / "urls.txt"
-    all_urls = [server.url(f"/delay?s=0.05&i={i}") for i in range(300)]
+    all_urls = [server.url(f"/delay?s=0.05&i={i}") for i in range(200)]
     urls.write_text("\n".join(all_urls) + "\n")
     out = tmp_path / "r.jsonl"
     command = [sys.executable, "-m", "crawler", str(urls), "-e", engine_name, "-c", "4", "--parse-workers", "1", "--out", str(out), "-q"]
@@ -58,11 +58,11 @@ def test_sigkill_then_resume_gives_a_complete_duplicate_free_file(engine_name, s
     os.killpg(process.pid, signal.SIGKILL)  # the whole group: workers too, as a machine crash would
     process.wait()
     first_run = out.read_text().count("\n")
-    assert 20 <= first_run < 300
+    assert 20 <= first_run < 200
 
     resumed = subprocess.run([*command, "--resume", "--report", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["url"] for r in records) == sorted(all_urls)  # all there, none twice
     [summary] = json.loads((tmp_path / "r.json").read_text())["engines"]
-    assert summary["skipped"] >= first_run - 1 and summary["skipped"] + summary["urls"] == 300
+    assert summary["skipped"] >= first_run - 1 and summary["skipped"] + summary["urls"] == 200

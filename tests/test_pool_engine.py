@@ -24,6 +24,7 @@ from aiohttp import web
 from conftest import LocalServer, html_page
 
 import crawler
+from crawler.errors import CrawlerError
 from crawler.plugins import engines, get_plugin_manager
 from crawler_plugins import pool_engine
 
@@ -257,6 +258,12 @@ def test_spawn_start_method_works_too(engine, probe):
     assert all(r.ok for r in engine.fetch(urls, settings(concurrency=2, engine_options=options)))
 
 
+@pytest.mark.parametrize("options", [{"start_method": "bogus"}, {"chunksize": "0"}, {"chunksize": "many"}])
+def test_bad_engine_options_are_one_line_errors(engine, probe, options):
+    with pytest.raises(CrawlerError, match="--engine-opt .* for pool expects"):
+        list(engine.fetch([probe.url("/port?opt")], settings(engine_options=options)))
+
+
 class _ExitWhenUnpickled:
     """Makes every worker die while it starts: unpickling its arguments calls os._exit(3)."""
 
@@ -268,7 +275,7 @@ def test_workers_that_cannot_start_end_the_run_with_an_error_not_a_hang(engine, 
     before = descendants()
     broken = settings(concurrency=2, engine_options={"poison": _ExitWhenUnpickled()})
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="keep dying.*exit code 3"):
+    with pytest.raises(CrawlerError, match="keep dying.*exit code 3"):
         list(engine.fetch([probe.url("/port?never")], broken))
     assert time.monotonic() - started < 5
     assert wait_until_gone(before) == []
