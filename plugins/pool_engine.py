@@ -19,23 +19,30 @@ macOS), else ``spawn``; never ``fork``.
   the parent happened to have imported, so the CLI and the tests would not
   run the same way.
 * ``spawn`` is safe, but every worker is a fresh interpreter that imports
-  requests (about 0.15 s of CPU each): 32 workers cost about 2-3 s on two
+  requests (about 0.15 s of CPU each): 32 workers cost 2.5-5 s on two busy
   cores before the first request.
 * ``forkserver`` starts one clean, single-threaded server process per crawler
   process (shared with the parse stage's pool), which imports this module
   (and so requests) once, because it is listed in
   ``set_forkserver_preload`` below, and then forks each worker from itself.
-  32 workers are ready in about 0.1-0.2 s, with the same behaviour from the
-  CLI and from tests.
+  32 workers fetch their first page about 0.25 s after the pool is created
+  (spawn: 2.5-5 s; both measured on 2 busy cores), with the same behaviour
+  from the CLI and from tests.
 
 ``--engine-opt start_method=spawn|forkserver|fork`` and
 ``--engine-opt chunksize=N`` override the defaults, for measurements.
 
+Stopping: closing the generator (Ctrl-C, an exception, an early ``close()``)
+terminates the pool and joins its processes; a normal end closes and joins
+it.  Workers ignore SIGINT, so a terminal's Ctrl-C, which reaches the whole
+process group, is handled once, by the parent.  A worker also exits by
+itself when the parent dies without stopping it (SIGKILL, a crash).
+
 A dead worker (killed, segfault, out of memory) must not hang the run:
 ``multiprocessing.Pool`` replaces it and silently loses its task, and a
 worker killed inside the pool's queue code can leave a queue lock held
-forever.  See :class:`_Crew` and :meth:`PoolEngine.fetch` for how this engine
-notices, records and works around it.
+forever.  See :class:`_Run` and :class:`_Crew` for how this engine notices,
+records and works around it.
 """
 
 from __future__ import annotations
@@ -54,28 +61,47 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator
 
 import crawler
+from crawler.errors import CrawlerError
 from crawler.fetching import describe, fetch_plan, run_blocking
 
 from . import requests_exchange
 
-# URLs per task handed to a worker (our own batches: Pool's ``chunksize`` > 1
-# returns a plain generator, without the ``next(timeout)`` the dead-worker
-# check needs).  Measured with ``crawl --demo -e pool --no-parse -q
-# --demo-pages 2000 -c 8 --engine-opt chunksize=N`` (2 cores, Python 3.11,
-# best of 3 runs, pages/s):
-#     chunksize   1: 1208    2: 1168    4: 1096    8: 1051    16: 940
-# and with ``--demo-delay 0.02`` (a slow server, 2000 pages):
-#     chunksize   1: 376     4: 353     16: 300
-# One URL per task wins: a task's IPC (pickling a small tuple, one pipe write
-# each way) costs tens of microseconds, less than the variation of one
-# request, and a batch returns only when its slowest URL is done, which holds
-# back the results of the others and leaves workers idle at the end of a run.
-CHUNKSIZE = 4
-# Batch only while the average fetch takes less than this (see _Run._dispatch).
-QUICK_FETCH_S = 0.1
+# Largest number of URLs per task (our own batches: with Pool's chunksize > 1,
+# imap_unordered returns a plain generator, without the next(timeout) that the
+# dead-worker check needs).  Measured on 2 cores shared with other jobs (so
+# wall times are noisy; CPU times less so), Python 3.11, forkserver, 2000 demo
+# pages of ~30 KB from ``python -m crawler.site`` on loopback, -c 8, medians of
+# 4 runs; A: fixed batches, load average 6-9; B: the adaptive batches below,
+# load average 3-7:
+#
+#     chunksize                     1      2      4      8     16
+#     pages/s                A   1272   1366   1438   1572   1595
+#                            B    617    757    802    772    997
+#     parent CPU us/page     A    303    241    190    155    126
+#                            B    465    346    292    226    173
+#
+# ``crawl --demo -e pool --no-parse -q --demo-pages 2000 -c 8 --engine-opt
+# chunksize=N`` (4 runs each, load average 8): medians 457 / 497 / 540 pages/s
+# and 5.6 / 5.4 / 4.7 CPU seconds for N = 1 / 4 / 8.  A bare Pool returning
+# 30 KB per task costs its parent 229 us of CPU per task at chunksize 1, 44 at
+# 4, 10 at 16: three threads hand each task on (feeder, pipe, result thread).
+# So chunksize 1 costs the parent about twice the IPC work, which shows on a
+# fast local site where the client is CPU-bound.  Batches have a price too:
+# a batch returns when its last URL is done, its URLs wait for each other on
+# one worker, and the last ones of a list can sit in a batch while other
+# workers idle.  Hence batches are adaptive (_Run._batch_size): up to 8 URLs,
+# only as many as fetch in about BATCH_S, only when every worker already has
+# a task, never for the end of the list.  On real sites (fetches of 0.1 s and
+# more) every URL goes alone; a server with 1 URL in 25 taking 0.5 s, the rest
+# 10 ms, ran 1000 URLs at -c 8 in 4.4-5.3 s whatever the chunksize, and 50 URLs
+# of 0.2 s at -c 32 took 0.8-1.2 s whatever the chunksize.
+CHUNKSIZE = 8
+# A batch holds as many URLs as the average fetch time says take this long
+# (up to CHUNKSIZE); slower fetches go one per task (see _Run._batch_size).
+BATCH_S = 0.1
 # Longest wait for a result before looking for dead workers again.
 POLL_S = 0.1
 # A dead worker's task whose fetch had finished (its result was being sent)
@@ -112,14 +138,18 @@ def _preload_in_forkserver() -> None:
 def _main_script_imports() -> list[str]:
     """Modules the parent's main *script* imports at its top level (e.g. ``crawler.cli`` for ``crawl``).
 
-    Up to Python 3.13.7 the forkserver never preloads ``__main__`` although it
-    is in its list (CPython gh-126631, gh-137996): every child process runs
-    the main script again.  For the ``crawl`` console script that means
+    Before CPython's fix for gh-126631 / gh-137996 (3.14, late 3.13 releases;
+    3.11 and 3.12 keep the bug) the forkserver never preloads ``__main__``
+    although it is in its list: every child process runs the main script
+    again.  For the ``crawl`` console script that means
     importing the CLI (typer, rich; ~0.15 s of CPU) in each of 32 workers.
     With the script's own imports preloaded in the server, that re-run finds
     them imported and costs next to nothing.  Only modules the parent has
     already imported are listed; a ``python -m`` run is not concerned (a
-    child skips a ``__main__`` that is a package's ``__main__``).
+    child skips a ``__main__`` that is a package's ``__main__``).  A module
+    the forkserver cannot import (on 3.11 it ignores the parent's
+    ``sys.path`` changes, gh-117378) is skipped there and imported by each
+    child instead: slower, still correct.
     """
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -217,8 +247,8 @@ class _TrackedPool(multiprocessing.pool.Pool):
     """A Pool that remembers every worker process it starts, replacements included.
 
     ``Pool._pool`` forgets a dead worker within 0.1 s (and starts another); a
-    list of our own lets the engine read each dead worker's pid and exit code
-    without racing the pool's handler thread.
+    list of our own lets the engine find every dead worker, its pid and its
+    exit code, however soon the pool replaced it.
     """
 
     def __init__(self, *args, **kwargs):
@@ -292,14 +322,18 @@ class _Crew:
         self.last_result_at = time.monotonic()
         return batch
 
-    def look_for_deaths(self) -> None:
+    def look_for_deaths(self) -> int:
+        """Note workers that exited (they only exit by dying while the pool runs); how many are new."""
         now = time.monotonic()
+        found = 0
         for process in list(self.pool.workers_started):
             code = process.exitcode
             if code is not None:
                 self.dead[process.pid] = (code, now)
                 self.pool.workers_started.remove(process)
                 self.broken = True
+                found += 1
+        return found
 
     def retire(self) -> None:
         """No new work: tasks a worker takes from now on are handed back unrun."""
@@ -381,12 +415,22 @@ def _max_fetch_s(settings: crawler.Settings) -> float:
 
 
 def _context(settings: crawler.Settings):
-    method = settings.engine_options.get("start_method")
-    if not method:
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    if method not in multiprocessing.get_all_start_methods():
-        raise ValueError(f"pool: start_method {method!r} is not one of {multiprocessing.get_all_start_methods()}")
+    methods = multiprocessing.get_all_start_methods()
+    method = settings.engine_options.get("start_method") or ("forkserver" if "forkserver" in methods else "spawn")
+    if method not in methods:
+        raise CrawlerError(f"--engine-opt start_method for pool expects one of {', '.join(methods)}, got {method!r}")
     return multiprocessing.get_context(method)
+
+
+def _chunksize(settings: crawler.Settings) -> int:
+    value = settings.engine_options.get("chunksize", CHUNKSIZE)
+    try:
+        chunk = int(value)
+    except (TypeError, ValueError):
+        chunk = 0
+    if chunk < 1:
+        raise CrawlerError(f"--engine-opt chunksize for pool expects a whole number >= 1, got {value!r}")
+    return chunk
 
 
 class PoolEngine:
@@ -395,15 +439,18 @@ class PoolEngine:
     fetches_in_processes = True  # so the per-host gate is shared through a manager process
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
-        yield from _Run(urls, settings).results()
+        # Returns (StopIteration.value) a few figures for the report's engine_stats.
+        return (yield from _Run(urls, settings).results())
 
 
 class _Run:
     """One ``fetch``: reads the URLs lazily, hands them to the pool, yields results.
 
-    Bounded memory: at most ``limit`` URLs are read and not yet answered; the
-    list is read only as results come back (``Pool.imap_unordered`` itself
-    would consume the whole iterable at once).
+    Bounded memory: at most ``2 * concurrency * batch size`` URLs are read
+    and not yet answered (so at most that many bodies wait in the parent when
+    the pipeline is slow to take them); the list is read only as results
+    come back (``Pool.imap_unordered`` itself would consume the whole
+    iterable at once).
 
     Dead workers: each task has a slot in the pool's shared array
     (:class:`_Crew`) where the worker that takes it writes its pid.  Every
@@ -425,10 +472,10 @@ class _Run:
     def __init__(self, urls: Iterable[str], settings: crawler.Settings):
         self.settings = settings
         self.ctx = _context(settings)
-        self.chunk = max(1, int(settings.engine_options.get("chunksize", CHUNKSIZE)))
+        self.chunk = _chunksize(settings)
         self.processes = max(1, settings.concurrency)
-        # URLs read and not yet answered: enough to keep every worker busy
-        # while results travel back, and full batches when batching.
+        # Most URLs ever read and not yet answered (see _limit): enough to keep
+        # every worker busy with a batch while another waits for it.
         self.limit = 2 * self.processes * self.chunk
         self.free_slots = list(range(self.limit, 0, -1))  # slot 0 of a state array is the retired flag
         self.pending: dict[int, _Task] = {}  # sent to a worker, not yet answered
@@ -442,11 +489,12 @@ class _Run:
         self.retiring: list[_Crew] = []
         self.barren = 0
         self.next_check = 0.0
+        self.pools = self.workers_died = self.tasks = self.urls_sent = 0
 
-    def results(self) -> Iterator[crawler.FetchResult]:
+    def results(self) -> Generator[crawler.FetchResult, None, dict]:
         finished = False
         try:
-            self.current = _Crew(self.ctx, self.settings, self.processes, self.limit)
+            self.current = self._new_crew()
             self.next_check = time.monotonic() + POLL_S
             while True:
                 self._top_up()
@@ -463,13 +511,24 @@ class _Run:
             for crew in [self.current, *self.retiring]:
                 if crew is not None:
                     crew.stop(graceful=finished and crew is self.current)
+        return {
+            "start_method": self.ctx.get_start_method(),
+            "pools": self.pools,
+            "workers_died": self.workers_died,
+            "tasks": self.tasks,
+            "urls_per_task": round(self.urls_sent / self.tasks, 2) if self.tasks else None,
+        }
+
+    def _new_crew(self) -> _Crew:
+        self.pools += 1
+        return _Crew(self.ctx, self.settings, self.processes, self.limit)
 
     # -- feeding ----------------------------------------------------------------
 
     def _top_up(self) -> None:
         """Read the list lazily, no further than ``limit`` URLs ahead of their results."""
         self._dispatch()
-        while not self.exhausted and len(self.pending) + len(self.unsent) < self.limit:
+        while not self.exhausted and len(self.pending) + len(self.unsent) < self._limit():
             try:
                 self.unsent.append(next(self.source))
             except StopIteration:
@@ -477,19 +536,10 @@ class _Run:
             self._dispatch()
 
     def _dispatch(self) -> None:
-        """Send read URLs to the pool: one per task, or in batches of ``chunk`` when that costs nothing.
-
-        Batching saves the parent IPC work per URL (see ``CHUNKSIZE``), but a
-        batch comes back when its last URL is done and holds its URLs on one
-        worker.  So URLs are batched only when every worker already has a
-        task waiting and fetches are quick (a batch then delays its URLs by a
-        few fetch times at most); the end of the list goes out one by one.
-        """
+        """Send read URLs to the pool, one per task or in batches (see ``CHUNKSIZE``)."""
         current = self.current
         while self.unsent:
-            quick = self.fetch_s is not None and self.fetch_s < QUICK_FETCH_S
-            batching = quick and not self.exhausted and current.batches_out >= self.processes
-            size = self.chunk if batching else 1
+            size = self._batch_size()
             if len(self.unsent) < size:
                 return
             batch = []
@@ -498,6 +548,34 @@ class _Run:
                 self.pending[task.seq] = task
                 batch.append(task)
             current.submit(batch)
+            self.tasks += 1
+            self.urls_sent += size
+
+    def _batch_size(self) -> int:
+        """URLs for the next task.
+
+        A batch saves the parent IPC work per URL, but it comes back only when
+        its last URL is done, and its URLs wait for each other on one worker.
+        So: one URL per task while some worker may have nothing queued, and
+        for the end of the list, so that no worker idles while URLs wait in
+        another's batch; otherwise :meth:`_batch_target`.
+        """
+        if self.exhausted or self.current.batches_out < self.processes:
+            return 1
+        return self._batch_target()
+
+    def _batch_target(self) -> int:
+        """As many URLs as the average fetch time says take about ``BATCH_S``, at most ``chunk``.
+
+        Slow fetches (real sites) go one per task: there IPC costs next to nothing.
+        """
+        if self.fetch_s is None:
+            return 1
+        return max(1, min(self.chunk, int(BATCH_S / max(self.fetch_s, 0.001))))
+
+    def _limit(self) -> int:
+        """URLs read and not yet answered: two tasks' worth per worker (as the threads engine)."""
+        return 2 * self.processes * self._batch_target()
 
     # -- results ----------------------------------------------------------------
 
@@ -533,7 +611,7 @@ class _Run:
     def _check_workers(self, now: float) -> list[crawler.FetchResult]:
         ready = []
         for crew in (self.current, *self.retiring):
-            crew.look_for_deaths()
+            self.workers_died += crew.look_for_deaths()
             if not crew.dead:
                 continue
             for task in [t for t in self.pending.values() if t.crew is crew]:
@@ -557,10 +635,10 @@ class _Run:
         self.barren = self.barren + 1 if old.completed == 0 else 0
         if self.barren >= MAX_BARREN_POOLS:
             code = next(iter(old.dead.values()))[0]
-            raise RuntimeError(f"pool: worker processes keep dying before fetching anything ({_died(code)})")
+            raise CrawlerError(f"pool: worker processes keep dying before fetching anything ({_died(code)})")
         old.retire()
         self.retiring.append(old)
-        self.current = _Crew(self.ctx, self.settings, self.processes, self.limit)
+        self.current = self._new_crew()
         for task in [t for t in self.pending.values() if t.crew is old and old.state[t.slot] == 0]:
             self.current.submit([task])
 
