@@ -390,7 +390,8 @@ class _Crew:
         handler._state = multiprocessing.pool.TERMINATE
         pool._change_notifier.put(None)
         handler.join(1.0)
-        processes = list(pool.workers_started) + list(pool._pool)
+        # A worker that never started (its start failed) has no process to kill or join.
+        processes = [p for p in list(pool.workers_started) + list(pool._pool) if p.pid is not None]
         for process in processes:
             if process.exitcode is None:
                 process.kill()
