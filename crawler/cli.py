@@ -206,7 +206,7 @@ def crawl(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if code != ExitCode.OK:
-        typer.echo(f"crawl: interrupted; the report covers what completed", err=True)
+        typer.echo("crawl: interrupted; the report covers what completed", err=True)
     if summaries:
         extra = {"demo": demo, "urls_file": urls_file, "concurrency_levels": levels}
         if demo:

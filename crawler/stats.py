@@ -8,7 +8,6 @@ Nothing here grows with the URL list: latencies go into a fixed histogram.
 from __future__ import annotations
 
 import math
-import os
 import resource
 import threading
 import time

@@ -18,7 +18,6 @@ import aiohttp
 
 import crawler
 from crawler.fetching import (
-    READ_CHUNK,
     BodyDecoder,
     Exchange,
     FetchError,

@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 import crawler
-from crawler.fetching import BodyDecoder, Exchange, FetchError, Response, Sleep, fetch_plan, http_url
+from crawler.fetching import BodyDecoder, FetchError, Response, Sleep, fetch_plan, http_url
 from crawler.outputs import RECORD_KEYS
 from crawler.pipeline import RunOptions, make_record, run_engine
 from crawler.stats import LatencyHistogram
