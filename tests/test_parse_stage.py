@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import crawler
-from crawler.pipeline import ParseStage
+from crawler.parse_stage import ParseStage
 from parse_faults import CRASH, DEAF, HANG, parse_batch_with_faults, parse_batch_with_hangs
 
 
