@@ -25,6 +25,8 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 import numpy as np
 
+from .processes import follow_parent
+
 try:
     from selectolax.lexbor import LexborHTMLParser as _HTMLParser
 except ImportError:  # builds without lexbor have only the older Modest backend
@@ -403,10 +405,12 @@ def init_worker(clock=None, next_slot=None) -> None:
 
     ``clock`` is a shared array of (page start time, pid) pairs, one per
     worker: the parent's watchdog reads it to kill a worker stuck in C code,
-    where no signal handler runs.
+    where no signal handler runs.  The worker exits as soon as its parent is
+    gone (``kill -9`` of the crawl included): see :mod:`crawler.processes`.
     """
     global _clock
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    follow_parent()
     signal.signal(signal.SIGALRM, _on_alarm)
     if clock is not None:
         with next_slot.get_lock():

@@ -787,6 +787,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--mean-kb must be positive")
     if args.delay < 0:
         parser.error("--delay must not be negative")
+    if args.exit_on_stdin_eof and sys.stdin is not None:
+        # From the start, page generation included (the loop watches stdin
+        # too, but only once it runs): a parent killed with SIGKILL leaves
+        # no server behind.
+        from .processes import exit_on_eof
+
+        exit_on_eof(sys.stdin.fileno(), code=0)
     serve(
         host=args.host,
         port=args.port,

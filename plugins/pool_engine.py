@@ -51,7 +51,6 @@ import ast
 import collections
 import itertools
 import multiprocessing
-import multiprocessing.connection
 import multiprocessing.pool
 import os
 import queue
@@ -66,6 +65,7 @@ from typing import Generator, Iterable, Iterator
 import crawler
 from crawler.errors import CrawlerError
 from crawler.fetching import describe, fetch_plan, run_blocking
+from crawler.processes import follow_parent
 
 from . import requests_exchange
 
@@ -192,25 +192,7 @@ def _init_worker(settings: crawler.Settings, state) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _worker
     _worker = _WorkerState(settings, requests_exchange.new_session(), settings.ca_file or True, state, os.getpid())
-    _exit_with_parent()
-
-
-def _exit_with_parent() -> None:
-    """Exit when the parent dies without terminating the pool (SIGKILL, a crash).
-
-    A worker waiting for a task is blocked on the pool's queue lock or pipe,
-    which it holds open itself, so it would never notice on its own.
-    """
-    parent = multiprocessing.parent_process()
-    sentinel = getattr(parent, "sentinel", None)
-    if sentinel is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="crawl-pool-exit-with-parent", daemon=True).start()
+    follow_parent()  # exit when the parent dies without terminating the pool (SIGKILL, a crash)
 
 
 def _fetch_one(worker: _WorkerState, url: str) -> crawler.FetchResult:

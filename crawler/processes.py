@@ -1,0 +1,105 @@
+"""Every process a run starts ends with it, ``kill -9`` of the run included.
+
+A process killed with SIGKILL runs no clean-up, so its children must notice
+on their own that it is gone.  Each child the crawl starts watches a pipe
+whose other end only its parent holds: when the parent dies, for whatever
+reason, the kernel closes that end, the pipe reports end of file, and a
+daemon thread in the child ends it with ``os._exit`` (no clean-up either:
+there is no one left to hand results to).
+
+Why a pipe and a thread rather than ``prctl(PR_SET_PDEATHSIG)``: the death
+signal fires when the parent *thread* that started the child exits, not the
+process, and a ``forkserver`` child's parent is the fork server, not the
+crawl.  The pipe is the parent process's own, whatever thread or server
+started the child; it works on every POSIX system and on Windows.
+
+Who uses what:
+
+* ``multiprocessing`` children (parse workers, pool engine workers, the
+  politeness manager): :func:`follow_parent`, as the pool initializer (or
+  called from it).  ``multiprocessing`` already keeps such a pipe for every
+  start method (``parent_process().sentinel``).
+* the demo site (``python -m crawler.site``, a plain subprocess):
+  :func:`exit_on_eof` on its stdin, a pipe the parent holds and never writes.
+* the ``forkserver`` process and the ``multiprocessing`` resource tracker
+  need nothing: each exits once every holder of its pipe is gone (the
+  server's "alive" pipe and the tracker's pipe are held by the parent and
+  by each forkserver child, and by no one else), i.e. as soon as the
+  workers above have exited.
+* Dask's LocalCluster worker processes follow their parent by themselves
+  (``distributed.process.AsyncProcess`` watches a pipe the same way).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
+
+__all__ = ["exit_on_eof", "follow_parent"]
+
+# The exit code of a process that ended because its parent was gone.
+PARENT_GONE_EXIT = 1
+
+# Fallback only (a process with no pipe to watch): how often its parent's pid is checked.
+_PPID_POLL_S = 0.5
+
+
+def follow_parent(code: int = PARENT_GONE_EXIT) -> None:
+    """In a ``multiprocessing`` child: exit at once when the parent process is gone.
+
+    Call it in the child (a pool ``initializer`` is the place); it returns at
+    once, having started a daemon thread.  A worker waiting for a task is
+    blocked on its pool's queue, whose pipes it holds open itself, so without
+    this it would wait forever once the parent is killed.  Calling it again
+    in the same process does nothing more.
+    """
+    global _following
+    with _lock:
+        if _following == os.getpid():
+            return
+        _following = os.getpid()
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is not None:
+        _watch(lambda: multiprocessing.connection.wait([sentinel]), code)
+    else:  # not started by multiprocessing, or by an old one: the parent's pid changes when it dies
+        parent_pid = os.getppid()
+
+        def poll() -> None:
+            while os.getppid() == parent_pid:
+                threading.Event().wait(_PPID_POLL_S)
+
+        _watch(poll, code)
+
+
+def exit_on_eof(fd: int, code: int = PARENT_GONE_EXIT) -> None:
+    """Exit at once when ``fd`` (a pipe only the parent writes to, such as stdin) reaches end of file.
+
+    Anything read from it before then is discarded.
+    """
+
+    def read_to_eof() -> None:
+        while True:
+            try:
+                if not os.read(fd, 4096):
+                    return
+            except InterruptedError:
+                continue
+            except OSError:  # closed or invalid: the parent's end is as good as gone
+                return
+
+    _watch(read_to_eof, code)
+
+
+_lock = threading.Lock()
+_following = 0  # pid of the process that already watches its parent (a fork copies the module)
+
+
+def _watch(wait, code: int) -> None:
+    def run() -> None:
+        wait()
+        os._exit(code)
+
+    threading.Thread(target=run, name="crawl-exit-with-parent", daemon=True).start()
