@@ -26,8 +26,10 @@ from __future__ import annotations
 import datetime
 import email.utils
 import functools
+import ipaddress
 import random
 import re
+import socket
 import time
 import zlib
 from dataclasses import dataclass
@@ -56,6 +58,13 @@ RETRYABLE_ERRORS = frozenset({"dns", "connect", "timeout"})
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_CHUNK = 64 * 1024
+
+# SPEC §6 "One response, one verdict": every engine sets its library's own
+# limits above these and leaves the verdict to check_head().
+MAX_URL_LENGTH = 8192
+MAX_HEADER_FIELDS = 100  # every field counts, repeated names included
+MAX_HEADER_LINE = 8190  # name, colon and value, without CRLF (the common server limit)
+MAX_HEADER_SECTION = 64 * 1024
 
 
 class FetchError(Exception):
@@ -107,6 +116,8 @@ Plan = Generator[Step, Union[Response, None], FetchResult]
 
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# What a DNS name may hold once IDNA-encoded (underscores occur in real host names).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def http_url(url: str) -> str:
@@ -118,6 +129,8 @@ def http_url(url: str) -> str:
     """
     if not url or _CONTROL_CHARS.search(url):
         raise FetchError("invalid_url", "empty URL or control characters")
+    if len(url) > MAX_URL_LENGTH:
+        raise FetchError("invalid_url", f"URL longer than {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url.strip())
         scheme = parts.scheme.lower()
@@ -130,12 +143,19 @@ def http_url(url: str) -> str:
     except ValueError as exc:
         raise FetchError("invalid_url", str(exc)) from None
     if ":" in host:  # an IPv6 literal
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise FetchError("invalid_url", f"bad IPv6 address {host[:100]!r}") from None
         netloc_host = f"[{host}]"
     else:
         try:
             netloc_host = host.encode("idna").decode("ascii")
         except UnicodeError as exc:
             raise FetchError("invalid_url", f"bad host name: {exc}") from None
+        # A name no DNS server could hold is refused here, before any lookup.
+        if len(netloc_host) > 253 or not _HOST_NAME.fullmatch(netloc_host):
+            raise FetchError("invalid_url", f"bad host name {host[:100]!r}")
     netloc = netloc_host if port is None else f"{netloc_host}:{port}"
     if parts.username is not None:
         userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
@@ -174,6 +194,27 @@ def redirect_target(url: str, location: str) -> str:
         raise FetchError("invalid_url", f"redirect to {target[:200]!r}: {exc.detail}") from None
 
 
+def check_head(fields) -> None:
+    """Refuse a final response whose header section breaks SPEC §6's limits.
+
+    ``fields`` are the (name, value) pairs as received, repeated names apart
+    (str or bytes).  A line is measured as ``Name: value``, the form servers
+    send.  The verdict is ``protocol`` with no status: the head was not
+    accepted, so the status line does not count either.
+    """
+    count = total = 0
+    for name, value in fields:
+        count += 1
+        line = len(name) + 2 + len(value)
+        if count > MAX_HEADER_FIELDS:
+            raise FetchError("protocol", f"more than {MAX_HEADER_FIELDS} header fields")
+        if line > MAX_HEADER_LINE:
+            raise FetchError("protocol", f"a header line longer than {MAX_HEADER_LINE} bytes")
+        total += line + 2
+    if total > MAX_HEADER_SECTION:
+        raise FetchError("protocol", f"header section longer than {MAX_HEADER_SECTION} bytes")
+
+
 # --- bodies ------------------------------------------------------------------------
 
 
@@ -185,8 +226,9 @@ class BodyDecoder:
     bytes, never holding the bomb in memory.
     """
 
-    def __init__(self, content_encoding: str | None, max_bytes: int):
+    def __init__(self, content_encoding: str | None, max_bytes: int, deadline: float | None = None):
         self.max_bytes = max_bytes
+        self.deadline = deadline  # time.monotonic() value: a body still coming then is a timeout
         self.size = 0
         self._parts: list[bytes] = []
         encoding = (content_encoding or "identity").strip().lower()
@@ -205,6 +247,11 @@ class BodyDecoder:
     def feed(self, data: bytes) -> None:
         if not data:
             return
+        # Checked per chunk: an endless body read at memory speed never lets a
+        # library's own timer fire, and must not pile up until it does.
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._parts.clear()
+            raise FetchError("timeout", "no complete response within the deadline")
         if not self._encoded:
             self._keep(data)
             return
@@ -283,13 +330,26 @@ def retry_after(value: str | None) -> float | None:
 def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None = None) -> Plan:
     """The life of one URL: validate, exchange, retry, follow redirects, conclude.
 
+    Whatever goes wrong inside (a bug here, a plugin's exchange raising
+    something other than :class:`FetchError`) ends as this URL's record with
+    ``other``, never as an exception out of the engine.
+    """
+    started = time.monotonic()
+    try:
+        return (yield from _plan(url, settings, headers, started))
+    except Exception as exc:
+        return FetchResult(url=url, error="other", detail=describe(exc), elapsed=time.monotonic() - started)
+
+
+def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, started: float) -> Plan:
+    """:func:`fetch_plan` without its guard.
+
     Each try of a hop gets ``settings.timeout`` seconds for connect, headers
     and body together; connection errors, timeouts and 502/503/504 are tried
     again up to ``settings.retries`` times per hop, after :func:`backoff_delay`,
     and so are 429 and 503, after the wait their ``Retry-After`` asks for
     (unless it is longer than ``settings.max_retry_after``).
     """
-    started = time.monotonic()
 
     def result(**fields) -> FetchResult:
         return FetchResult(url=url, elapsed=time.monotonic() - started, **fields)
@@ -402,7 +462,11 @@ def _fetch_robots(gate, robots_url: str, headers: Mapping[str, str], settings: S
 
 
 def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settings: Settings):
-    """None when ``url`` may be fetched, else the (error code, detail) of its record."""
+    """None when ``url`` may be fetched, else the (error code, detail) of its record.
+
+    One URL per host fetches robots.txt; the host's other URLs wait for it
+    and share its outcome, a failure included (decided once per run).
+    """
     while (state := gate.robots(key)) != ROBOTS_KNOWN:
         if state == ROBOTS_PENDING:
             yield Sleep(0.01)
@@ -412,23 +476,31 @@ def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settin
         except FetchError as exc:
             if exc.code == "too_large" and exc.response:
                 gate.learn_robots(key, 200, "")  # an absurd robots.txt is no robots.txt
-                continue
-            gate.learn_robots(key, None, None)  # unreachable: the host's next URL asks again
-            return exc.code, f"robots.txt: {exc.detail}"
+            else:
+                gate.robots_failed(key, exc.code, f"robots.txt: {exc.detail}")
+            continue
+        except BaseException:  # this URL was stopped mid-fetch: another one will ask
+            gate.robots_abandoned(key)
+            raise
         gate.learn_robots(key, response.status, response.body.decode("utf-8", "replace"))
-    refusal = gate.allowed(key, url)
-    return None if refusal is None else ("robots", refusal)
+    return gate.allowed(key, url)
 
 
-def run_blocking(plan: Plan, exchange: Callable[[Exchange], Response]) -> FetchResult:
-    """Drive a plan with a blocking ``exchange`` function (threads, processes)."""
+def run_blocking(
+    plan: Plan, exchange: Callable[[Exchange], Response], sleep: Callable[[float], object] = time.sleep
+) -> FetchResult:
+    """Drive a plan with a blocking ``exchange`` function (threads, processes).
+
+    ``sleep`` waits out backoffs and politeness; an engine that must stop
+    promptly passes one it can cut short (e.g. ``threading.Event().wait``).
+    """
 
     def exchange_now(step: Exchange):
         return exchange(step)
         yield  # a generator that never waits: the call above already blocked
 
     def sleep_now(seconds: float):
-        time.sleep(seconds)
+        sleep(seconds)
         return
         yield
 
@@ -454,8 +526,8 @@ def run_coroutine(plan: Plan, exchange: Callable[[Exchange], Generator], sleep: 
                 continue
             try:
                 response = yield from exchange(step)
-            except FetchError as exc:
-                step = plan.throw(exc)
+            except Exception as exc:
+                step = plan.throw(exchange_error(exc))
             else:
                 step = plan.send(response)
     except StopIteration as done:
@@ -475,12 +547,32 @@ async def run_async(plan: Plan, exchange: Callable[[Exchange], Awaitable[Respons
                 continue
             try:
                 response = await exchange(step)
-            except FetchError as exc:
-                step = plan.throw(exc)
+            except Exception as exc:
+                step = plan.throw(exchange_error(exc))
             else:
                 step = plan.send(response)
     except StopIteration as done:
         return done.value
+
+
+def exchange_error(exc: Exception) -> FetchError:
+    """The :class:`FetchError` an exchange's exception stands for.
+
+    Engines map their library's exceptions themselves; this catches the rest
+    in the drivers (a library's bug, a plugin's exchange), so that no
+    exception out of one exchange can end a run or cost another URL its
+    record.  Standard errors get their code, anything else is ``other``.
+    """
+    if isinstance(exc, FetchError):
+        return exc
+    detail = describe(exc)
+    if isinstance(exc, socket.gaierror):
+        return FetchError("dns", detail)
+    if isinstance(exc, TimeoutError):
+        return FetchError("timeout", detail)
+    if isinstance(exc, OSError):  # refused, reset, unreachable, TLS (ssl.SSLError)
+        return FetchError("connect", detail)
+    return FetchError("other", detail)
 
 
 def describe(exc: BaseException) -> str:

@@ -29,7 +29,10 @@ ROBOTS_KNOWN = "known"
 
 @dataclass(frozen=True)
 class _Refused:
+    """The host is not crawled this run: ``code`` and ``reason`` become each URL's error and detail."""
+
     reason: str
+    code: str = "robots"
 
 
 @dataclass
@@ -103,13 +106,11 @@ class HostGate:
                 return ROBOTS_UNKNOWN
             return ROBOTS_PENDING if host.robots == ROBOTS_PENDING else ROBOTS_KNOWN
 
-    def learn_robots(self, key: str, status: int | None, text: str | None) -> None:
-        """Record the robots.txt answer: 2xx rules, 4xx allow all, 5xx refuse all, no answer: ask again later."""
+    def learn_robots(self, key: str, status: int, text: str | None) -> None:
+        """Record the robots.txt answer: 2xx rules, 4xx allow all, 5xx refuse all."""
         with self._lock:
             host = self._host(key)
-            if status is None:
-                host.robots = ROBOTS_UNKNOWN  # unreachable: the next request tries again
-            elif 200 <= status < 300:
+            if 200 <= status < 300:
                 rules = Protego.parse(text or "")
                 host.robots = rules
                 crawl_delay = rules.crawl_delay(self.user_agent)
@@ -120,16 +121,32 @@ class HostGate:
             else:
                 host.robots = _Refused(f"robots.txt answered HTTP {status}: the host is treated as disallowed")
 
-    def allowed(self, key: str, url: str) -> str | None:
-        """None if ``url`` may be fetched, else why not."""
+    def robots_failed(self, key: str, code: str, detail: str) -> None:
+        """robots.txt could not be fetched (after retries): decided for the whole run.
+
+        A host that cannot be reached at all (``dns``, ``connect``) gives its
+        URLs that code; any other failure disallows the host, like a 5xx.
+        """
+        with self._lock:
+            self._host(key).robots = _Refused(detail, code if code in ("dns", "connect") else "robots")
+
+    def robots_abandoned(self, key: str) -> None:
+        """The URL fetching robots.txt was stopped before an answer: the next one asks."""
+        with self._lock:
+            host = self._host(key)
+            if host.robots == ROBOTS_PENDING:
+                host.robots = ROBOTS_UNKNOWN
+
+    def allowed(self, key: str, url: str) -> tuple[str, str] | None:
+        """None if ``url`` may be fetched, else the (error code, detail) of its record."""
         if not self.obey_robots:
             return None
         with self._lock:
             rules = self._host(key).robots
         if isinstance(rules, _Refused):
-            return rules.reason
+            return rules.code, rules.reason
         if isinstance(rules, Protego) and not rules.can_fetch(url, self.user_agent):
-            return "disallowed by robots.txt"
+            return "robots", "disallowed by robots.txt"
         return None
 
     def stats(self) -> dict:

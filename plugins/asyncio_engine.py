@@ -21,7 +21,9 @@ from crawler.fetching import (
     BodyDecoder,
     Exchange,
     FetchError,
+    MAX_HEADER_SECTION,
     Response,
+    check_head,
     describe,
     fetch_plan,
     join_headers,
@@ -78,6 +80,11 @@ async def _crawl(urls, settings, give) -> None:
         auto_decompress=False,  # BodyDecoder decodes, so every engine caps bodies alike
         timeout=aiohttp.ClientTimeout(total=None),  # the shared deadline rules instead
         cookie_jar=aiohttp.DummyCookieJar(),
+        # aiohttp's own header limits are lower than SPEC's in places (8190
+        # bytes per field, 128 fields): set them out of the way, check_head decides.
+        max_line_size=MAX_HEADER_SECTION,
+        max_field_size=MAX_HEADER_SECTION,
+        max_headers=MAX_HEADER_SECTION // 4,
     ) as session:
 
         async def exchange(step: Exchange) -> Response:
@@ -111,11 +118,12 @@ async def _crawl(urls, settings, give) -> None:
 async def _exchange(session: aiohttp.ClientSession, step: Exchange, status_line: list[Response]) -> Response:
     try:
         async with session.get(step.url, headers=step.headers, allow_redirects=False) as resp:
+            check_head(resp.raw_headers)
             headers = join_headers(resp.raw_headers)
             got = Response(resp.status, headers)
             status_line.append(got)
             try:
-                decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes)
+                decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes, step.deadline)
                 async for chunk in resp.content.iter_any():
                     decoder.feed(chunk)
                 return Response(resp.status, headers, decoder.finish())

@@ -1,14 +1,22 @@
 """One HTTP exchange with requests: shared by the ``threads`` and ``pool`` engines.
 
 The policy (retries, redirects, error codes) comes from
-:mod:`crawler.fetching`; this module only performs one GET on a
-``requests.Session`` and maps requests'/urllib3's exceptions onto the
-shared error codes.
+:mod:`crawler.fetching`; this module only performs one GET on a requests
+``HTTPAdapter`` and maps requests'/urllib3's exceptions onto the shared
+error codes.
+
+Each thread or process has its ``requests.Session``, which holds the
+connection pool (its mounted adapter), but requests go straight to that
+adapter, not through ``Session.send``: ``Session.send`` prepares the next hop
+of every redirect even when told not to follow it (and raises on a
+``Location`` it cannot parse, losing the response), keeps cookies the other
+engines never send, and adds headers of its own.
 """
 
 from __future__ import annotations
 
 import heapq
+import http.client
 import itertools
 import socket
 import ssl
@@ -18,7 +26,7 @@ import time
 import requests
 import urllib3
 
-from crawler.fetching import READ_CHUNK, BodyDecoder, Exchange, FetchError, Response, describe
+from crawler.fetching import MAX_HEADER_FIELDS, MAX_HEADER_SECTION, READ_CHUNK, BodyDecoder, Exchange, FetchError, Response, check_head, describe, join_headers
 
 
 class _Deadlines:
@@ -101,7 +109,36 @@ def _shutdown(sock: socket.socket | None) -> None:
             pass  # already closed
 
 
+class _FinalResponse(http.client.HTTPResponse):
+    """An http.client response that skips every interim 1xx, as the other engines do.
+
+    http.client skips ``100 Continue`` only, and would hand a ``103 Early
+    Hints`` over as the response.  ``_read_status`` is its hook for the status
+    line (CPython 3.11 to 3.14; the conformance suite checks it).
+    """
+
+    def _read_status(self):
+        while True:
+            version, status, reason = super()._read_status()
+            if status == 100 or status == 101 or not 100 <= status < 200:
+                return version, status, reason  # begin() itself skips 100
+            for _ in range(MAX_HEADER_FIELDS + 1):  # the interim response's header lines
+                if self.fp.readline(MAX_HEADER_SECTION + 1) in (b"\r\n", b"\n", b""):
+                    break
+            else:
+                raise http.client.HTTPException(f"more than {MAX_HEADER_FIELDS} header fields in a {status} response")
+
+
+# http.client counts the blank line that ends a head as a header line, so it
+# refuses 100 fields (SPEC §6 accepts them; check_head refuses 101).  Its limit
+# is a module global with no public setter: raised by exactly that line.
+if getattr(http.client, "_MAXHEADERS", None) == MAX_HEADER_FIELDS:
+    http.client._MAXHEADERS = MAX_HEADER_FIELDS + 1
+
+
 class _WatchedConnection(urllib3.connection.HTTPConnection):
+    response_class = _FinalResponse
+
     def getresponse(self, *args, **kwargs):
         guard = getattr(_current, "guard", None)
         if guard is not None:
@@ -110,6 +147,7 @@ class _WatchedConnection(urllib3.connection.HTTPConnection):
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _FinalResponse
     getresponse = _WatchedConnection.getresponse
 
 
@@ -128,14 +166,23 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
 
 
 def new_session(concurrency: int = 1) -> requests.Session:
+    """One thread's or process's connections: keep-alive pooled, no retries of urllib3's own."""
     session = requests.Session()
     # Proxies and .netrc from the environment are off, as they are in aiohttp,
-    # so every engine sends the same request; it also saves a lookup per request.
+    # so every engine sends the same request.
     session.trust_env = False
     adapter = _WatchedAdapter(pool_connections=16, pool_maxsize=max(1, concurrency), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def abort(session: requests.Session) -> None:
+    """The crawl is stopping: wake the request ``session`` is blocked in, and any it starts later, at once."""
+    session.crawl_stopped = True
+    guard = getattr(session, "crawl_guard", None)
+    if guard is not None:
+        guard.expire()
 
 
 def exchange(session: requests.Session, step: Exchange, verify: bool | str = True) -> Response:
@@ -144,6 +191,9 @@ def exchange(session: requests.Session, step: Exchange, verify: bool | str = Tru
     if remaining <= 0:
         raise FetchError("timeout", "request deadline passed")
     with _Guard(step.deadline) as guard:
+        session.crawl_guard = guard
+        if getattr(session, "crawl_stopped", False):
+            guard.expire()
         try:
             response = _exchange(session, step, remaining, verify)
         except FetchError as exc:
@@ -157,20 +207,19 @@ def exchange(session: requests.Session, step: Exchange, verify: bool | str = Tru
 
 def _exchange(session: requests.Session, step: Exchange, remaining: float, verify: bool | str) -> Response:
     try:
-        resp = session.get(
-            step.url,
-            headers=step.headers,
-            timeout=remaining,
-            stream=True,
-            allow_redirects=False,
-            verify=verify,
-        )
-    except requests.exceptions.RequestException as exc:
+        request = requests.Request("GET", step.url, headers=step.headers).prepare()
+        resp = session.get_adapter(step.url).send(request, stream=True, timeout=remaining, verify=verify)
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
         raise _classify(exc) from None
-    headers = {name.lower(): value for name, value in resp.headers.items()}
+    try:
+        check_head(resp.raw.headers.items())
+    except FetchError:
+        resp.close()
+        raise
+    headers = join_headers(resp.raw.headers.items())
     got = Response(resp.status_code, headers)
     try:
-        decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes)
+        decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes, step.deadline)
         # read1 returns what one recv gave: the body streams through the
         # decoder (and its size limit) as it arrives.
         while chunk := resp.raw.read1(READ_CHUNK, decode_content=False):
@@ -193,26 +242,31 @@ def _classify(exc: BaseException) -> FetchError:
     """Map a requests/urllib3/socket exception to a shared error code."""
     detail = describe(exc)
     chain = _causes(exc)
-    # urllib3's NewConnectionError subclasses ConnectTimeoutError: test it first.
-    if any(isinstance(e, (ConnectionRefusedError, urllib3.exceptions.NewConnectionError)) for e in chain) and not any(
-        isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for e in chain
-    ):
-        return FetchError("connect", detail)
-    if any(isinstance(e, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)) for e in chain):
-        return FetchError("timeout", detail)
-    if any(isinstance(e, (urllib3.exceptions.NameResolutionError, socket.gaierror)) for e in chain):
+
+    def found(*kinds) -> bool:
+        return any(isinstance(e, kinds) for e in chain)
+
+    # Name resolution first: urllib3's NameResolutionError subclasses
+    # NewConnectionError, which subclasses ConnectTimeoutError.
+    if found(socket.gaierror, urllib3.exceptions.NameResolutionError):
         return FetchError("dns", detail)
-    if any(isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema, urllib3.exceptions.LocationParseError)) for e in chain):
-        return FetchError("invalid_url", detail)
-    if any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)) for e in chain):
+    if found(ConnectionRefusedError, urllib3.exceptions.NewConnectionError):
         return FetchError("connect", detail)
-    if any(isinstance(e, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)) for e in chain):
-        if any(isinstance(e, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) for e in chain) or "RemoteDisconnected" in detail:
+    if found(requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError):
+        return FetchError("timeout", detail)
+    if found(requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema, urllib3.exceptions.LocationParseError):
+        return FetchError("invalid_url", detail)
+    if found(ssl.SSLError, requests.exceptions.SSLError):
+        return FetchError("connect", detail)
+    if found(http.client.RemoteDisconnected):  # closed before a status line: nothing was answered
+        return FetchError("connect", detail)
+    if found(http.client.HTTPException):  # a bad status line, too many or too long header lines
+        return FetchError("protocol", detail)
+    if found(urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+        if found(ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
             return FetchError("connect", detail)
         return FetchError("protocol", detail)
-    if any(isinstance(e, (requests.exceptions.ConnectionError, ConnectionError, urllib3.exceptions.NewConnectionError)) for e in chain):
-        return FetchError("connect", detail)
-    if any(isinstance(e, OSError) for e in chain):
+    if found(requests.exceptions.ConnectionError, ConnectionError, OSError):
         return FetchError("connect", detail)
     return FetchError("other", detail)
 

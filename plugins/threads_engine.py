@@ -22,13 +22,18 @@ class ThreadsEngine:
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         local = threading.local()
+        sessions: list = []  # one per thread, to wake them when the crawl stops early
+        stopping = threading.Event()  # backoff sleeps wait on it, so a stop cuts them short
         verify = settings.ca_file or True
 
         def fetch_one(url: str) -> crawler.FetchResult:
             session = getattr(local, "session", None)
             if session is None:
                 session = local.session = requests_exchange.new_session()
-            return run_blocking(fetch_plan(url, settings), lambda step: requests_exchange.exchange(session, step, verify))
+                sessions.append(session)
+            return run_blocking(
+                fetch_plan(url, settings), lambda step: requests_exchange.exchange(session, step, verify), sleep=stopping.wait
+            )
 
         limit = settings.concurrency * 2  # futures in flight: enough to keep every thread busy
         pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="crawl-fetch")
@@ -45,8 +50,11 @@ class ThreadsEngine:
         finally:
             for future in pending:
                 future.cancel()
-            # Running requests end by their own deadline; don't block Ctrl-C on them.
             pool.shutdown(wait=False, cancel_futures=True)
+            if pending:  # stopped early (Ctrl-C, close()): wake the threads still waiting on a server
+                stopping.set()
+                for session in sessions:
+                    requests_exchange.abort(session)
 
 
 @crawler.hookimpl

@@ -48,7 +48,9 @@ from crawler.fetching import (
     BodyDecoder,
     Exchange,
     FetchError,
+    MAX_HEADER_SECTION,
     Response,
+    check_head,
     describe,
     fetch_plan,
     join_headers,
@@ -200,7 +202,8 @@ class Connection:
 
     def __init__(self, key, sock, pool: "Pool"):
         self.key, self.sock, self.pool = key, sock, pool
-        self.h11 = h11.Connection(h11.CLIENT)
+        # h11 caps a head at 16 KiB by default, below SPEC's limits: check_head decides.
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=2 * MAX_HEADER_SECTION)
         self.tls = False
         pool.open.add(self)
 
@@ -360,8 +363,9 @@ def exchange(pool: Pool, step: Exchange):
                     http.receive_data(data)
                 elif type(event) is h11.Response:
                     break
+            check_head(event.headers)
             got = Response(event.status_code, join_headers(event.headers))
-            decoder = BodyDecoder(got.headers.get("content-encoding"), step.max_bytes)
+            decoder = BodyDecoder(got.headers.get("content-encoding"), step.max_bytes, deadline)
             while True:  # the body, decoded (and capped) as it arrives
                 event = http.next_event()
                 if event is h11.NEED_DATA:

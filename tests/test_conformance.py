@@ -86,7 +86,8 @@ def test_slow_response_is_timeout(engine_name, server):
 
 
 def test_silent_server_is_timeout_after_every_try(engine_name, silent_port):
-    [record] = run_records(engine_name, [f"http://127.0.0.1:{silent_port}/"], timeout=0.4, retries=1)
+    # robots off: with it on, the silent robots.txt would decide (SPEC §6: the host is disallowed)
+    [record] = run_records(engine_name, [f"http://127.0.0.1:{silent_port}/"], timeout=0.4, retries=1, robots=False)
     assert record["error"] == "timeout"
     assert 800 <= record["fetch_ms"] < 2500  # two tries of 0.4 s plus a short backoff
 
