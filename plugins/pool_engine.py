@@ -477,14 +477,6 @@ class _Run:
     def results(self) -> Generator[crawler.FetchResult, None, dict]:
         finished = False
         try:
-            # A short list needs no more processes than it has URLs: read that far first.
-            while not self.exhausted and len(self.unsent) < self.processes:
-                try:
-                    self.unsent.append(next(self.source))
-                except StopIteration:
-                    self.exhausted = True
-            if self.exhausted:
-                self.processes = max(1, len(self.unsent))
             self.current = self._new_crew()
             self.next_check = time.monotonic() + POLL_S
             while True:
