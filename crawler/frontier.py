@@ -4,14 +4,24 @@ The pipeline crawls one depth level per engine run: the list (depth 0),
 then the links found on it (depth 1), and so on.  Levels keep the crawl
 breadth-first without asking engines to accept URLs while they run.
 
-Memory: the URLs of the next level wait in a temporary file, not in memory;
-what stays in memory is one 64-bit hash per URL seen (about 60 bytes each in
-a Python set), which is what deduplication needs.
+Memory: the queued URLs wait in a file, not in memory; what stays in memory
+is one 64-bit hash per URL seen (about 60 bytes each in a Python set), which
+is what deduplication needs.
+
+The file is the crawl's state: an append-only log of JSON lines, one fact
+each (a link queued at a depth from a parent, a redirect target seen, a
+level begun, the crawl finished).  With ``--out`` it lives beside the output
+(:func:`state_path`) and survives the process: written before the record of
+the page whose links it holds, so a ``kill -9`` at any moment loses at most
+the pages in flight, and ``--resume`` rebuilds the frontier from it
+(:meth:`Frontier.restore`) while the records stay the judge of what is done.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import tempfile
 import threading
 from typing import Iterator
@@ -72,35 +82,108 @@ def _key(url: str) -> int:
     return int.from_bytes(hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-class Frontier:
-    """Deduplicates links and queues the next level's URLs on disk."""
+def state_path(out: str, engine: str) -> str:
+    """Where a crawl with ``--out OUT --depth N`` keeps its frontier for one engine: ``OUT.ENGINE.frontier``."""
+    return f"{out}.{engine}.frontier"
 
-    def __init__(self, max_pages: int | None, same_host: bool):
+
+class Frontier:
+    """Deduplicates links and queues each level's URLs in a log file (persistent with a ``path``)."""
+
+    def __init__(self, max_pages: int | None, same_host: bool, path: str | None = None):
         self.max_pages = max_pages
         self.same_host = same_host
+        self.path = path
         self.discovered = 0  # links found on pages of a level that may be followed
         self.queued = 0  # links queued to be crawled
         self.duplicates = 0  # links already seen or queued
         self.off_host = 0
         self.over_limit = 0
+        self.levels_begun = 0  # deepest level begun, as the log says
+        self.complete = False  # the log says the crawl ran to its end
         self._seen: set[int] = set()
         self._lock = threading.Lock()
-        self._spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
+        if path is None:
+            self._log = tempfile.NamedTemporaryFile(mode="a+", encoding="utf-8", prefix="crawl-frontier-")
+        else:
+            self._log = open(path, "a+", encoding="utf-8")
+            if self._log.tell() and not _ends_with_newline(path):
+                self._log.write("\n")  # after a torn last line, start clean
+
+    # --- the log ----------------------------------------------------------------------
+
+    def _append(self, *fact) -> None:
+        self._log.write(json.dumps(fact, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+    def _facts(self, end: int | None = None) -> Iterator[list]:
+        """Every whole fact in the log, up to byte ``end``; a torn line is skipped."""
+        self._log.flush()
+        read = 0
+        with open(self._log.name, "rb") as log:
+            for line in log:
+                read += len(line)
+                if end is not None and read > end:
+                    return
+                try:
+                    fact = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(fact, list) and fact:
+                    yield fact
+
+    def restore(self) -> None:
+        """Take up a stopped crawl: what it queued and saw, and how far it got."""
+        with self._lock:
+            for fact in self._facts():
+                kind = fact[0]
+                if kind == "queue" and len(fact) == 4:
+                    self._seen.add(_key(fact[2]))
+                    self.queued += 1
+                elif kind == "seen" and len(fact) == 2:
+                    self._seen.add(_key(fact[1]))
+                elif kind == "level" and len(fact) == 2:
+                    self.levels_begun = max(self.levels_begun, int(fact[1]))
+                elif kind == "complete":
+                    self.complete = True
+
+    def begin_level(self, depth: int) -> None:
+        """Mark level ``depth`` begun: every URL it holds is queued by now."""
+        with self._lock:
+            if depth > self.levels_begun:
+                self.levels_begun = depth
+                self._append("level", depth)
+                self._log.flush()
+
+    def finish(self) -> None:
+        """Mark the crawl run to its end (a later ``--resume`` has nothing to do)."""
+        with self._lock:
+            self.complete = True
+            self._append("complete")
+            self._log.flush()
+
+    # --- deduplication and queueing ---------------------------------------------------
 
     def seen(self, url: str | None) -> None:
         """Mark a URL crawled (a list line, or where a redirect ended)."""
         canonical = normalize(url) if url else None
         if canonical:
+            key = _key(canonical)
             with self._lock:
-                self._seen.add(_key(canonical))
+                if key not in self._seen:
+                    self._seen.add(key)
+                    if self.path is not None:
+                        self._append("seen", canonical)  # flushed with the next offer or level
 
-    def offer(self, links: list[str], parent: str, list_urls: int) -> None:
-        """Queue the new ones among ``links``, found on ``parent``, within the limits.
+    def offer(self, links: list[str], parent: str, list_urls: int, depth: int | None = None) -> None:
+        """Queue at ``depth`` the new ones among ``links``, found on ``parent``, within the limits.
 
         ``list_urls``: list lines read so far; they are crawled whatever the
-        limit, and count towards it.
+        limit, and count towards it.  The log is flushed before this returns,
+        so the page's record, written after, never outlives its links.
         """
         parent_host = _host(parent) if self.same_host else None
+        if depth is None:  # the level after the one next_level() gave last
+            depth = getattr(self, "_levels_taken", 0) + 1
         with self._lock:
             for link in links:
                 canonical = normalize(link)
@@ -119,17 +202,22 @@ class Frontier:
                     continue
                 self._seen.add(key)
                 self.queued += 1
-                self._spool.write(f"{canonical}\t{parent}\n")
+                self._append("queue", depth, canonical, parent)
+            self._log.flush()
+
+    def queued_at(self, depth: int) -> Iterator[tuple[str, str]]:
+        """The (url, parent) pairs queued at ``depth``, in the order they were found."""
+        with self._lock:
+            self._log.flush()
+            end = self._log.tell()  # links found from here on belong to deeper levels
+        for fact in self._facts(end):
+            if fact[0] == "queue" and len(fact) == 4 and fact[1] == depth:
+                yield fact[2], fact[3]
 
     def next_level(self) -> Iterator[tuple[str, str]]:
-        """The (url, parent) pairs queued so far; the queue starts empty again."""
-        with self._lock:
-            spool, self._spool = self._spool, tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-        spool.seek(0)
-        with spool:
-            for line in spool:
-                url, _, parent = line.rstrip("\n").partition("\t")
-                yield url, parent
+        """The (url, parent) pairs of the next level (for a caller that does not count levels)."""
+        self._levels_taken = getattr(self, "_levels_taken", 0) + 1
+        return self.queued_at(self._levels_taken)
 
     def stats(self) -> dict:
         return {
@@ -141,4 +229,10 @@ class Frontier:
         }
 
     def close(self) -> None:
-        self._spool.close()
+        self._log.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, io.SEEK_END)
+        return f.read(1) == b"\n"
