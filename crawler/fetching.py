@@ -23,6 +23,7 @@ its library's exceptions into :class:`FetchError` codes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import functools
@@ -30,6 +31,7 @@ import ipaddress
 import random
 import re
 import socket
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -486,13 +488,44 @@ def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settin
     return gate.allowed(key, url)
 
 
+class InFlight:
+    """Requests in flight in one engine run, and the most there ever were.
+
+    The drivers count each exchange while it runs, so ``peak`` is what the
+    network saw, whatever an engine reads ahead or keeps waiting in a queue.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "InFlight":
+        with self._lock:
+            self.now += 1
+            if self.now > self.peak:
+                self.peak = self.now
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+_UNCOUNTED = contextlib.nullcontext()
+
+
 def run_blocking(
-    plan: Plan, exchange: Callable[[Exchange], Response], sleep: Callable[[float], object] = time.sleep
+    plan: Plan,
+    exchange: Callable[[Exchange], Response],
+    sleep: Callable[[float], object] = time.sleep,
+    in_flight: InFlight | None = None,
 ) -> FetchResult:
     """Drive a plan with a blocking ``exchange`` function (threads, processes).
 
     ``sleep`` waits out backoffs and politeness; an engine that must stop
     promptly passes one it can cut short (e.g. ``threading.Event().wait``).
+    ``in_flight`` counts the exchanges while they run.
     """
 
     def exchange_now(step: Exchange):
@@ -505,18 +538,24 @@ def run_blocking(
         yield
 
     try:
-        next(run_coroutine(plan, exchange_now, sleep_now))
+        next(run_coroutine(plan, exchange_now, sleep_now, in_flight))
     except StopIteration as done:
         return done.value
     raise AssertionError("a blocking plan never waits on a scheduler")
 
 
-def run_coroutine(plan: Plan, exchange: Callable[[Exchange], Generator], sleep: Callable[[float], Generator]):
+def run_coroutine(
+    plan: Plan,
+    exchange: Callable[[Exchange], Generator],
+    sleep: Callable[[float], Generator],
+    in_flight: InFlight | None = None,
+):
     """Drive a plan from a generator coroutine (``yield from run_coroutine(...)``).
 
     ``exchange(step)`` and ``sleep(seconds)`` are sub-generators that yield
     whatever the caller's scheduler waits on; the result is the return value.
     """
+    counted = in_flight or _UNCOUNTED
     try:
         step = next(plan)
         while True:
@@ -525,7 +564,8 @@ def run_coroutine(plan: Plan, exchange: Callable[[Exchange], Generator], sleep: 
                 step = plan.send(None)
                 continue
             try:
-                response = yield from exchange(step)
+                with counted:
+                    response = yield from exchange(step)
             except Exception as exc:
                 step = plan.throw(exchange_error(exc))
             else:
@@ -534,10 +574,13 @@ def run_coroutine(plan: Plan, exchange: Callable[[Exchange], Generator], sleep: 
         return done.value
 
 
-async def run_async(plan: Plan, exchange: Callable[[Exchange], Awaitable[Response]]) -> FetchResult:
+async def run_async(
+    plan: Plan, exchange: Callable[[Exchange], Awaitable[Response]], in_flight: InFlight | None = None
+) -> FetchResult:
     """Drive a plan with an ``async`` exchange function (asyncio engines)."""
     import asyncio
 
+    counted = in_flight or _UNCOUNTED
     try:
         step = next(plan)
         while True:
@@ -546,7 +589,8 @@ async def run_async(plan: Plan, exchange: Callable[[Exchange], Awaitable[Respons
                 step = plan.send(None)
                 continue
             try:
-                response = await exchange(step)
+                with counted:
+                    response = await exchange(step)
             except Exception as exc:
                 step = plan.throw(exchange_error(exc))
             else:

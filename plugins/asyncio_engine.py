@@ -21,6 +21,7 @@ from crawler.fetching import (
     BodyDecoder,
     Exchange,
     FetchError,
+    InFlight,
     MAX_HEADER_SECTION,
     Response,
     check_head,
@@ -41,19 +42,20 @@ class AsyncioEngine:
         loop = asyncio.new_event_loop()
         ready: deque = deque()
         arrived = asyncio.Event()
+        in_flight = InFlight()
 
         async def give(result: crawler.FetchResult) -> None:
             ready.append(result)
             arrived.set()
 
-        crawl = loop.create_task(_crawl(urls, settings, give))
+        crawl = loop.create_task(_crawl(urls, settings, give, in_flight))
         crawl.add_done_callback(lambda _: arrived.set())
         try:
             while True:
                 if not ready:
                     if crawl.done():
                         crawl.result()  # an engine bug surfaces here, not as lost records
-                        return
+                        return {"peak_in_flight": in_flight.peak}
                     arrived.clear()
                     # The loop runs while the caller waits for results: at most one
                     # pass of every worker's results piles up, so memory stays bounded.
@@ -71,7 +73,7 @@ class AsyncioEngine:
             loop.close()
 
 
-async def _crawl(urls, settings, give) -> None:
+async def _crawl(urls, settings, give, in_flight: InFlight) -> None:
     ssl_context = ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
     connector = aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0, ssl=ssl_context, ttl_dns_cache=300)
     url_queue: asyncio.Queue = asyncio.Queue(maxsize=settings.concurrency)
@@ -101,7 +103,7 @@ async def _crawl(urls, settings, give) -> None:
                 if url is _DONE:
                     return
                 try:
-                    result = await run_async(fetch_plan(url, settings), exchange)
+                    result = await run_async(fetch_plan(url, settings), exchange, in_flight)
                 except Exception as exc:  # a bug must not lose the URL's record
                     result = crawler.FetchResult(url=url, error="other", detail=f"{type(exc).__name__}: {exc}")
                 await give(result)

@@ -473,6 +473,7 @@ class _Run:
         self.barren = 0
         self.next_check = 0.0
         self.pools = self.workers_died = self.tasks = self.urls_sent = 0
+        self.peak_in_flight = 0  # most workers seen fetching at once (sampled as results come)
 
     def results(self) -> Generator[crawler.FetchResult, None, dict]:
         finished = False
@@ -500,6 +501,7 @@ class _Run:
             "workers_died": self.workers_died,
             "tasks": self.tasks,
             "urls_per_task": round(self.urls_sent / self.tasks, 2) if self.tasks else None,
+            "peak_in_flight": self.peak_in_flight,
         }
 
     def _new_crew(self) -> _Crew:
@@ -568,6 +570,9 @@ class _Run:
         for crew in self.retiring:
             while got := crew.take(0):
                 arrived.extend((crew, item) for item in got)
+        if arrived:  # each worker fetches one URL at a time: its slot holds +pid meanwhile
+            fetching = sum(1 for task in self.pending.values() if task.crew.state[task.slot] > 0)
+            self.peak_in_flight = max(self.peak_in_flight, fetching)
         ready = []
         for crew, (seq, result) in arrived:
             task = self.pending.get(seq)

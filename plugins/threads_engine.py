@@ -11,7 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Iterable, Iterator
 
 import crawler
-from crawler.fetching import fetch_plan, run_blocking
+from crawler.fetching import InFlight, fetch_plan, run_blocking
 
 from . import requests_exchange
 
@@ -24,6 +24,7 @@ class ThreadsEngine:
         local = threading.local()
         sessions: list = []  # one per thread, to wake them when the crawl stops early
         stopping = threading.Event()  # backoff sleeps wait on it, so a stop cuts them short
+        in_flight = InFlight()
         verify = settings.ca_file or True
 
         def fetch_one(url: str) -> crawler.FetchResult:
@@ -32,7 +33,10 @@ class ThreadsEngine:
                 session = local.session = requests_exchange.new_session()
                 sessions.append(session)
             return run_blocking(
-                fetch_plan(url, settings), lambda step: requests_exchange.exchange(session, step, verify), sleep=stopping.wait
+                fetch_plan(url, settings),
+                lambda step: requests_exchange.exchange(session, step, verify),
+                sleep=stopping.wait,
+                in_flight=in_flight,
             )
 
         limit = settings.concurrency * 2  # futures in flight: enough to keep every thread busy
@@ -47,6 +51,7 @@ class ThreadsEngine:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from (future.result() for future in done)
+            return {"peak_in_flight": in_flight.peak}
         finally:
             for future in pending:
                 future.cancel()

@@ -48,6 +48,7 @@ from crawler.fetching import (
     BodyDecoder,
     Exchange,
     FetchError,
+    InFlight,
     MAX_HEADER_SECTION,
     Response,
     check_head,
@@ -402,12 +403,12 @@ def exchange(pool: Pool, step: Exchange):
 # --- 3. producer and consumers -----------------------------------------------------
 
 
-def consumer(producer: Iterator[str], settings: crawler.Settings, pool: Pool, results: deque):
+def consumer(producer: Iterator[str], settings: crawler.Settings, pool: Pool, results: deque, in_flight: InFlight):
     """Take URLs while the producer has them; hand each result over, then let others run."""
     headers = request_headers(settings)  # built once, not once per URL
     for url in producer:
         try:
-            result = yield from run_coroutine(fetch_plan(url, settings, headers), partial(exchange, pool), backoff)
+            result = yield from run_coroutine(fetch_plan(url, settings, headers), partial(exchange, pool), backoff, in_flight)
         except Exception as exc:  # a bug must not lose the URL's record
             result = crawler.FetchResult(url=url, error="other", detail=describe(exc))
         results.append(result)
@@ -432,13 +433,15 @@ class YieldEngine:
         pool = Pool(settings)
         results: deque = deque()
         urls_out = producer(urls)
+        in_flight = InFlight()
         try:
             for _ in range(max(settings.concurrency, 1)):
-                loop.spawn(consumer(urls_out, settings, pool, results))
+                loop.spawn(consumer(urls_out, settings, pool, results, in_flight))
             while loop.tasks:
                 loop.run_once()
                 while results:
                     yield results.popleft()
+            return {"peak_in_flight": in_flight.peak}
         finally:
             loop.close()
             for conn in list(pool.open):
