@@ -65,7 +65,7 @@ READ_CHUNK = 64 * 1024
 # limits above these and leaves the verdict to check_head().
 MAX_URL_LENGTH = 8192
 MAX_HEADER_FIELDS = 100  # every field counts, repeated names included
-MAX_HEADER_LINE = 8190  # name, colon and value, without CRLF (the common server limit)
+MAX_HEADER_LINE = 8190  # name, colon and value (no CRLF, no spaces): the common server limit
 MAX_HEADER_SECTION = 64 * 1024
 
 
@@ -200,14 +200,15 @@ def check_head(fields) -> None:
     """Refuse a final response whose header section breaks SPEC §6's limits.
 
     ``fields`` are the (name, value) pairs as received, repeated names apart
-    (str or bytes).  A line is measured as ``Name: value``, the form servers
-    send.  The verdict is ``protocol`` with no status: the head was not
+    (str or bytes).  A line is measured as SPEC words it: name, colon and
+    value (the libraries drop the spaces around a value, so they cannot
+    count).  The verdict is ``protocol`` with no status: the head was not
     accepted, so the status line does not count either.
     """
     count = total = 0
     for name, value in fields:
         count += 1
-        line = len(name) + 2 + len(value)
+        line = len(name) + 1 + len(value)
         if count > MAX_HEADER_FIELDS:
             raise FetchError("protocol", f"more than {MAX_HEADER_FIELDS} header fields")
         if line > MAX_HEADER_LINE:
