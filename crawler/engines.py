@@ -36,6 +36,7 @@ class FetchResult:
     # parse fields back here; the pipeline then passes them through unparsed.
     parsed: Mapping[str, object] | None = None
     size: int | None = None  # decoded body size, when ``body`` was not sent back
+    first_byte_s: float | None = None  # seconds from the last exchange's start to its status line
 
     @property
     def ok(self) -> bool:

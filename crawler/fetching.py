@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Awaitable, Callable, Generator, Mapping, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -88,6 +88,11 @@ class Exchange:
     headers: Mapping[str, str]
     deadline: float  # time.monotonic() value by which the whole exchange must be done
     max_bytes: int
+    started: float = field(default_factory=time.monotonic)
+
+    def since_start(self) -> float:
+        """Seconds since the exchange began: what an engine gives as ``Response.first_byte_s``."""
+        return time.monotonic() - self.started
 
     def remaining(self) -> float:
         """Seconds left before the deadline (<= 0 means it has passed)."""
@@ -108,6 +113,9 @@ class Response:
     status: int
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes = b""  # decoded
+    # Seconds from the start of the exchange to its status line: the server's
+    # share of the wait, as the report's verdict reads it.  None if unknown.
+    first_byte_s: float | None = None
 
 
 Step = Union[Exchange, Sleep]
@@ -386,6 +394,7 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
                 status=got.status if got else None,
                 headers=got.headers if got else {},
                 final_url=current if got else None,
+                first_byte_s=got.first_byte_s if got else None,
             )
         if response.status in RETRYABLE_STATUSES and retry < settings.retries:
             wait = retry_after(response.headers.get("retry-after"))
@@ -422,6 +431,7 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
             headers=response.headers,
             body=response.body,
             final_url=current,
+            first_byte_s=response.first_byte_s,
             error=None if ok else "http_status",
             detail=None if ok else f"HTTP {response.status}",
         )

@@ -122,13 +122,13 @@ async def _exchange(session: aiohttp.ClientSession, step: Exchange, status_line:
         async with session.get(step.url, headers=step.headers, allow_redirects=False) as resp:
             check_head(resp.raw_headers)
             headers = join_headers(resp.raw_headers)
-            got = Response(resp.status, headers)
+            got = Response(resp.status, headers, first_byte_s=step.since_start())
             status_line.append(got)
             try:
                 decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes, step.deadline)
                 async for chunk in resp.content.iter_any():
                     decoder.feed(chunk)
-                return Response(resp.status, headers, decoder.finish())
+                return Response(resp.status, headers, decoder.finish(), got.first_byte_s)
             except FetchError as exc:
                 exc.response = got
                 raise

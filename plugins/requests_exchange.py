@@ -217,14 +217,14 @@ def _exchange(session: requests.Session, step: Exchange, remaining: float, verif
         resp.close()
         raise
     headers = join_headers(resp.raw.headers.items())
-    got = Response(resp.status_code, headers)
+    got = Response(resp.status_code, headers, first_byte_s=step.since_start())
     try:
         decoder = BodyDecoder(headers.get("content-encoding"), step.max_bytes, step.deadline)
         # read1 returns what one recv gave: the body streams through the
         # decoder (and its size limit) as it arrives.
         while chunk := resp.raw.read1(READ_CHUNK, decode_content=False):
             decoder.feed(chunk)
-        return Response(resp.status_code, headers, decoder.finish())
+        return Response(resp.status_code, headers, decoder.finish(), got.first_byte_s)
     except FetchError as exc:
         exc.response = exc.response or got
         resp.close()

@@ -365,7 +365,7 @@ def exchange(pool: Pool, step: Exchange):
                 elif type(event) is h11.Response:
                     break
             check_head(event.headers)
-            got = Response(event.status_code, join_headers(event.headers))
+            got = Response(event.status_code, join_headers(event.headers), first_byte_s=step.since_start())
             decoder = BodyDecoder(got.headers.get("content-encoding"), step.max_bytes, deadline)
             while True:  # the body, decoded (and capped) as it arrives
                 event = http.next_event()
@@ -397,7 +397,7 @@ def exchange(pool: Pool, step: Exchange):
             pool.release(conn)
         else:  # Connection: close, or a body delimited by EOF
             conn.close()
-        return Response(got.status, got.headers, body)
+        return Response(got.status, got.headers, body, got.first_byte_s)
 
 
 # --- 3. producer and consumers -----------------------------------------------------
