@@ -1,4 +1,11 @@
-"""The ``crawl`` command: options, exit codes, progress on stderr, report on stdout."""
+"""The ``crawl`` command: options, exit codes, progress on stderr, report on stdout.
+
+Exit status (SPEC §3): 0 the crawl ran to the end; 1 it could not go on (an
+output failed mid-run) or went wrong (a record-accounting bug); 2 a usage
+error, found before anything is fetched or opened for writing; 130 Ctrl-C;
+143 SIGTERM.  Every message is one line on stderr, with anything a server,
+a plugin or a user typed made terminal-safe.
+"""
 
 from __future__ import annotations
 
@@ -23,18 +30,19 @@ except ImportError:  # pragma: no cover - older typer on real click
 
 from . import __version__
 from .engines import Settings
-from .errors import CrawlerError
+from .errors import CrawlerError, OutputError
 from .fetching import default_user_agent
-from .outputs import CompletedUrls, drop_torn_tail, open_writer
+from .outputs import STDOUT, CompletedUrls, check_outputs, drop_torn_tail, open_writer
 from .pipeline import RunOptions, run_engine
 from .plugins import engines as registered_engines
 from .plugins import get_engines, get_plugin_manager
-from .report import build_report, render_sweep, render_table, write_report
+from .report import build_report, render_sweep, render_table, terminal_safe, write_report
 from .urls import open_url_file, read_url_lines
 
 
 class ExitCode(enum.IntEnum):
     OK = 0
+    FAILED = 1  # the run could not go on (an output failed mid-run), or went wrong (an accounting bug)
     USAGE = 2
     INTERRUPTED = 130
     TERMINATED = 143
@@ -51,7 +59,7 @@ class OneLineErrors(TyperCommand):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except ClickException as exc:
-            typer.echo(f"crawl: error: {exc.format_message()}", err=True)
+            _error(exc.format_message())
             code = ExitCode.USAGE
         except typer.Abort:
             code = ExitCode.INTERRUPTED
@@ -108,18 +116,20 @@ def crawl(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """Fetch URLS_FILE with one or more concurrency engines, parse every page, report throughput."""
-    stdout = Console(soft_wrap=False)
+    records_to_stdout = out == STDOUT  # then the report goes to stderr, beside the progress
+    stdout = Console(soft_wrap=False, stderr=records_to_stdout)
     try:
         pm = get_plugin_manager(plugin or [])
         if list_engines:
             for name, found in registered_engines(pm).items():
                 reason = getattr(found, "unavailable", None)
-                typer.echo(f"{name:10} {found.description}" + (f" [unavailable: {reason}]" if reason else ""))
+                line = f"{name:10} {found.description}" + (f" [unavailable: {reason}]" if reason else "")
+                typer.echo(terminal_safe(line))
             return
         skipped: list[str] = []
         chosen = get_engines(pm, engine or ["asyncio"], skipped)
         for note in skipped:
-            typer.echo(f"crawl: skipping {note}", err=True)
+            typer.echo(terminal_safe(f"crawl: skipping {note}"), err=True)
         if demo == (urls_file is not None):
             raise CrawlerError("give a URLS_FILE or --demo (one of the two)")
         levels = _concurrency_levels(concurrency)
@@ -151,10 +161,15 @@ def crawl(
             raise CrawlerError("--depth follows the links the parse stage finds: it cannot go with --no-parse")
         if resume and not out:
             raise CrawlerError("--resume needs --out PATH: the file whose records say what is done")
+        if resume and records_to_stdout:
+            raise CrawlerError("--resume reads back what --out wrote: give a file, not '-' (stdout)")
+        if report == STDOUT:
+            raise CrawlerError("--report writes a file; --json prints the report on stdout")
         if ca_file and not os.path.isfile(ca_file):
             raise CrawlerError(f"CA file not found: {ca_file}")
+        check_outputs(urls_file, {"--out": out, "--report": report, "--plot": plot}, resume=resume)
     except CrawlerError as exc:
-        typer.echo(f"crawl: error: {exc}", err=True)
+        _error(str(exc))
         raise typer.Exit(ExitCode.USAGE) from None
 
     summaries: list[dict] = []
@@ -181,22 +196,26 @@ def crawl(
             for level, selected in ((level, selected) for level in levels for selected in chosen):
                 run_settings = settings.replace(concurrency=level)
                 label = f"{selected.name} c={level}" if sweep else selected.name
-                task = progress.add_task(label, total=total) if progress else None
+                task = progress.add_task(terminal_safe(label), total=total) if progress else None
                 advance = (lambda record, task=task: progress.advance(task)) if progress else None
                 done = CompletedUrls(out, selected.name) if resume else None
                 try:
                     stats = run_engine(
                         selected, sources(), run_settings, options, writer.write, advance, exclude, done.take if done else None
                     )
-                except (KeyboardInterrupt, Terminated) as exc:
+                except BaseException as exc:
                     if hasattr(exc, "run_stats"):
                         summaries.append(dict(exc.run_stats.summary(), sweep=sweep))
                     raise
                 summaries.append(dict(stats.summary(), sweep=sweep))
                 if stats.accounting_error:
-                    typer.secho(f"crawl: BUG: {label}: {stats.accounting_error}", err=True, fg="red", bold=True)
+                    typer.secho(terminal_safe(f"crawl: BUG: {label}: {stats.accounting_error}"), err=True, fg="red", bold=True)
+                    code = ExitCode.FAILED
+    except OutputError as exc:  # mid-run: what was written stays, the report is still printed
+        _error(str(exc))
+        code = ExitCode.FAILED
     except CrawlerError as exc:
-        typer.echo(f"crawl: error: {exc}", err=True)
+        _error(str(exc))
         raise typer.Exit(ExitCode.USAGE) from None
     except KeyboardInterrupt:
         code = ExitCode.INTERRUPTED
@@ -205,7 +224,7 @@ def crawl(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code != ExitCode.OK:
+    if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
         typer.echo("crawl: interrupted; the report covers what completed", err=True)
     if summaries:
         extra = {"demo": demo, "urls_file": urls_file, "concurrency_levels": levels}
@@ -213,11 +232,15 @@ def crawl(
             extra.update(demo_pages=demo_pages, demo_delay=demo_delay, demo_page_kb=demo_page_kb)
         document = build_report(summaries, settings, options, extra, latency_s=demo_delay if demo else None)
         if report:
-            write_report(document, report)
+            try:
+                write_report(document, report)
+            except OSError as exc:
+                _error(f"cannot write {report}: {exc.strerror or exc}")
+                code = code or ExitCode.FAILED
         if json_report:
             import json
 
-            typer.echo(json.dumps(document, indent=2))
+            typer.echo(json.dumps(document, indent=2), err=records_to_stdout)
         elif len(levels) > 1:
             render_sweep(document, stdout)
         else:
@@ -225,9 +248,19 @@ def crawl(
         if plot:
             from .plot import draw
 
-            draw(document, plot)
-            typer.echo(f"crawl: chart written to {plot}", err=True)
+            try:
+                draw(document, plot)
+            except Exception as exc:  # a full disk, or matplotlib refusing: one line, not a traceback
+                _error(f"cannot write {plot}: {getattr(exc, 'strerror', None) or exc}")
+                code = code or ExitCode.FAILED
+            else:
+                typer.echo(terminal_safe(f"crawl: chart written to {plot}"), err=True)
     raise typer.Exit(code)
+
+
+def _error(message: str) -> None:
+    """One line on stderr: ``crawl: error: ...``, with nothing in it a terminal would act on."""
+    typer.echo(f"crawl: error: {terminal_safe(message)}", err=True)
 
 
 def _interrupted(signum, frame):
@@ -305,7 +338,7 @@ def _progress(quiet: bool):
         yield None
         return
     with Progress(
-        TextColumn("{task.description:>8}"),
+        TextColumn("{task.description:>8}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(show_speed=True),

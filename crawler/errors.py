@@ -1,4 +1,4 @@
-"""Exceptions the command line turns into one-line usage errors (exit 2)."""
+"""Exceptions the command line turns into one-line messages: usage errors (exit 2), or :class:`OutputError` (exit 1)."""
 
 
 class CrawlerError(Exception):
@@ -25,3 +25,11 @@ class DuplicateEngineError(CrawlerError):
 
 class EngineUnavailableError(CrawlerError):
     """The engine is registered but cannot run here (a missing optional dependency)."""
+
+
+class OutputError(CrawlerError):
+    """An output failed mid-run (a full disk, an I/O error): the run stops, its report is printed, exit 1.
+
+    Unlike the other errors here, this one comes after fetching began, so it
+    is not a usage error.
+    """

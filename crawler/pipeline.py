@@ -18,12 +18,14 @@ from typing import Callable, Iterable, Iterator
 
 from . import parse
 from .engines import Engine, FetchResult, Settings
+from .errors import OutputError
 from .fetching import default_user_agent
 from .frontier import Frontier
 from .outputs import RECORD_KEYS
 from .parse_stage import ParseStage
 from .politeness import HostGate, shared_gate
 from .stats import MemorySampler, RunStats
+from .urls import OverlongLine
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,27 @@ def _politeness_gate(engine: Engine, settings: Settings):
     return HostGate(*args), None
 
 
-def counted(urls: Iterable[str], stats: RunStats, skip: Callable[[str], bool] | None) -> Iterator[str]:
+def counted(
+    urls: Iterable[str],
+    stats: RunStats,
+    skip: Callable[[str], bool] | None,
+    refuse: Callable[[OverlongLine], None] | None = None,
+) -> Iterator[str]:
+    """The URLs for the engine: lines counted, ``--resume``'s done ones skipped.
+
+    An :class:`OverlongLine` is never handed to the engine: ``refuse`` writes
+    its ``invalid_url`` record at once (it counts as pulled and returned).
+    """
     for url in urls:
         stats.lines_read += 1
         if skip and skip(url):
             stats.skipped += 1
             continue
         stats.pulled += 1
+        if refuse is not None and isinstance(url, OverlongLine):
+            stats.returned()
+            refuse(url)
+            continue
         yield url
 
 
@@ -117,7 +133,14 @@ def run_engine(
 
     On ``KeyboardInterrupt`` (or any exception) the engine is closed, the
     parse stage stopped, the stats of what completed kept, and the exception
-    re-raised with the stats attached as ``exc.run_stats``.
+    re-raised with the stats attached as ``exc.run_stats``; from then on
+    nothing more is written (a page the parse stage delivers late is
+    dropped, so it is fetched again by ``--resume``).
+
+    ``write`` may fail in whichever thread completes a record (the parse
+    stage's callbacks included): the first failure stops the writing and is
+    raised here, in the caller's thread, at the next result; an ``OSError``
+    of the link frontier's spool becomes an :class:`OutputError`.
     """
     stats = RunStats(engine.name, exclude_pids)
     stats.concurrency = settings.concurrency
@@ -125,20 +148,31 @@ def run_engine(
     following = options.depth > 0 and options.parse
     frontier = Frontier(options.max_pages, options.same_host) if following else None
     origin: dict[str, tuple[int, str]] = {}  # followed URL in the engine's hands -> (depth, parent)
+    halt = _Halt()
 
     def complete(result: FetchResult, parsed: dict | None = None, parse_error: str | None = None) -> None:
+        if halt.stopped:
+            return
         parsed = parsed or (dict(result.parsed) if result.parsed else None)
         with lock:
-            depth, parent = origin.pop(result.url, (0, None))
-            record = make_record(engine.name, result, parsed, parse_error, depth, parent)
-            write(record)
-            stats.record(record)
-            if frontier is not None:
-                frontier.seen(result.final_url)
-                if parsed and depth < options.depth and parsed.get("link_urls"):
-                    frontier.offer(parsed["link_urls"], result.final_url or result.url, stats.lines_read - stats.skipped)
-            if progress:
-                progress(record)
+            if halt.stopped:
+                return
+            try:
+                depth, parent = origin.pop(result.url, (0, None))
+                record = make_record(engine.name, result, parsed, parse_error, depth, parent)
+                write(record)
+                stats.record(record)
+                if frontier is not None:
+                    frontier.seen(result.final_url)
+                    if parsed and depth < options.depth and parsed.get("link_urls"):
+                        frontier.offer(parsed["link_urls"], result.final_url or result.url, stats.lines_read - stats.skipped)
+                if progress:
+                    progress(record)
+            except Exception as exc:  # never out of a parse-stage callback: the caller's thread raises it
+                halt.fail(exc)
+
+    def refuse(line: OverlongLine) -> None:
+        complete(FetchResult(url=str(line), error="invalid_url", detail=line.detail))
 
     def followed(level: int) -> Iterator[str]:
         for url, parent in frontier.next_level():
@@ -163,7 +197,7 @@ def run_engine(
     gate, gate_manager = _politeness_gate(engine, settings)
     if gate is not None:
         settings = settings.replace(gate=gate)
-    level_urls = counted(urls, stats, skip)
+    level_urls = counted(urls, stats, skip, refuse)
     if frontier is not None:
         level_urls = marked_seen(level_urls)
     results = iter(())
@@ -178,14 +212,16 @@ def run_engine(
                     if level:
                         level_urls = followed(level)
                     results = iter(engine.fetch(level_urls, settings))
-                    _consume(results, stats, stage, complete)
+                    _consume(results, stats, stage, complete, halt)
                     if stage:
                         stage.drain()  # the level's links are all known only once it is parsed
+                    halt.check()
                     if frontier is None or frontier.queued == stats.followed_taken():
                         break
             finally:
                 stats.stop()
     except BaseException as exc:
+        halt.stopped = True  # before the stage is cancelled: its late deliveries are not records
         stats.interrupted = True
         close = getattr(results, "close", None)
         if close:
@@ -197,6 +233,7 @@ def run_engine(
     else:
         if stage:
             stage.close()
+        halt.stopped = True
         stats.check_accounting()
     finally:
         stats.peak_rss_mb = memory.peak / 2**20
@@ -217,9 +254,30 @@ def run_engine(
     return stats
 
 
-def _consume(results: Iterator[FetchResult], stats: RunStats, stage: ParseStage | None, complete) -> None:
+class _Halt:
+    """Whether records may still be written, and the first failure to write one."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.failure: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+                exc = OutputError(f"cannot write the crawl's temporary files: {exc.strerror or exc}")
+            self.failure = exc
+        self.stopped = True
+
+    def check(self) -> None:
+        """Raise the first write failure, in the caller's thread."""
+        if self.failure is not None:
+            raise self.failure
+
+
+def _consume(results: Iterator[FetchResult], stats: RunStats, stage: ParseStage | None, complete, halt: _Halt) -> None:
     """Take every result of one engine.fetch() call: to the parse stage, or straight to a record."""
     while True:
+        halt.check()
         try:
             result = next(results)
         except StopIteration as finished:

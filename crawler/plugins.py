@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from typing import Iterable
 
@@ -18,6 +19,7 @@ from .engines import Engine
 from .errors import DuplicateEngineError, EngineUnavailableError, PluginError, UnknownEngineError
 
 ENTRY_POINT_GROUP = "crawler"
+ENGINE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # SPEC §3: nothing a terminal or a markup parser could act on
 
 
 def get_plugin_manager(plugins: Iterable[str] = (), *, autoload: bool = True) -> pluggy.PluginManager:
@@ -50,8 +52,15 @@ def get_plugin_manager(plugins: Iterable[str] = (), *, autoload: bool = True) ->
 
 
 def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
+    """Import ``dotted`` and register it.
+
+    The current directory is searched too, after everything else on
+    ``sys.path`` (so a module there never shadows an installed one): a plugin
+    file beside the URL list is found as ``python -m`` would find it.
+    """
     if pm.get_plugin(dotted) is not None:
         return
+    _search_current_directory()
     try:
         module = importlib.import_module(dotted)
     except Exception as exc:  # any failure of a user's module is a usage error
@@ -62,18 +71,38 @@ def register_module(pm: pluggy.PluginManager, dotted: str) -> None:
         raise PluginError(f'error registering plugin "{dotted}": {exc}') from None
 
 
+def _search_current_directory() -> None:
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == here for entry in sys.path if isinstance(entry, str)):
+        sys.path.append(here)
+        importlib.invalidate_caches()
+
+
 def engines(pm: pluggy.PluginManager) -> dict[str, Engine]:
-    """Every registered engine by name, in registration order."""
+    """Every registered engine by name, in registration order.
+
+    An engine name must match :data:`ENGINE_NAME`; another name, a name
+    registered twice, or a ``crawler_engines()`` that raises is a
+    :class:`PluginError` naming the plugin.
+    """
     found: dict[str, Engine] = {}
     owners: dict[str, str] = {}
     for impl in pm.hook.crawler_engines.get_hookimpls():  # registration order
-        for engine in impl.function() or []:
-            if engine.name in found:
-                raise DuplicateEngineError(
-                    f"engine {engine.name!r} is registered twice: by {owners[engine.name]} and by {impl.plugin_name}"
+        try:
+            offered = list(impl.function() or [])
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name}: crawler_engines() failed: {type(exc).__name__}: {exc}") from None
+        for engine in offered:
+            name = getattr(engine, "name", None)
+            if not isinstance(name, str) or not ENGINE_NAME.fullmatch(name):
+                raise PluginError(
+                    f"plugin {impl.plugin_name} registers an engine named {name!r}: "
+                    "an engine name is letters, digits, '_', '.' and '-' only"
                 )
-            found[engine.name] = engine
-            owners[engine.name] = impl.plugin_name
+            if name in found:
+                raise DuplicateEngineError(f"engine {name!r} is registered twice: by {owners[name]} and by {impl.plugin_name}")
+            found[name] = engine
+            owners[name] = impl.plugin_name
     return found
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import sys
 from dataclasses import asdict
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .pipeline import RunOptions
 from .engines import Settings
@@ -27,7 +29,7 @@ def build_report(
     lets the verdict say how close each engine came to concurrency ÷ latency.
     """
     fastest = max((s["pages_per_s"] for s in summaries), default=0) or 1e-9
-    engines = [dict(s, relative=round(s["pages_per_s"] / fastest, 3), verdict=verdict(s, latency_s)) for s in summaries]
+    engines = [dict(s, relative=s["pages_per_s"] / fastest, verdict=verdict(s, latency_s)) for s in summaries]
     merged = {**asdict(settings.replace(gate=None)), **asdict(options), **(extra_settings or {})}
     merged.pop("want_links", None)
     merged["engine_options"] = dict(settings.engine_options)
@@ -60,9 +62,33 @@ def verdict(engine: dict, latency_s: float | None = None) -> str:
 
 
 def write_report(report: dict, path: str) -> None:
+    """The report as JSON, figures unrounded; an ``OSError`` (a full disk) is the caller's to report."""
+    text = json.dumps(report, indent=2) + "\n"  # whole before the file is touched
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+        f.write(text)
+
+
+# What a terminal could act on: C0 and C1 controls (ESC, BEL, CSI...), DEL, and
+# the bidirectional overrides that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: object) -> str:
+    """``text`` with every character a terminal could act on made visible (``\\x1b``): one line, no escapes.
+
+    For anything a server, a plugin or a user typed that is printed to a
+    terminal.  (Rich markup is a separate matter: print such text as
+    :class:`rich.text.Text`, or with ``markup=False``.)
+    """
+    text = str(text)
+    if not _UNSAFE.search(text):
+        return text
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+def _text(value: object, style: str = "") -> Text:
+    """A table cell or line: never read as markup, never an escape sequence."""
+    return Text(terminal_safe(value), style=style)
 
 
 ROWS = [
@@ -88,23 +114,27 @@ ROWS = [
 
 
 def render_table(report: dict, console: Console) -> None:
-    """Engines side by side as columns, one metric per row."""
+    """Engines side by side as columns, one metric per row (figures rounded here, and only here)."""
     engines = report["engines"]
     table = Table(title="crawl report", title_justify="left")
     table.add_column("", style="bold")
     for engine in engines:
         label = _label(engine) + (" (interrupted)" if engine.get("interrupted") else "")
-        table.add_column(label, justify="right")
+        table.add_column(_text(label), justify="right")
     for label, key, fmt in ROWS:
         cells = []
         for engine in engines:
             value = engine[key[0]][key[1]] if isinstance(key, tuple) else engine[key]
-            cells.append(fmt.format(value))
+            cells.append(_text(fmt.format(value)))
         table.add_row(label, *cells)
-    table.add_row("errors", *(_errors(engine["errors"]) for engine in engines))
+    table.add_row("errors", *(_text(_errors(engine["errors"])) for engine in engines))
     console.print(table)
-    for engine in engines:
-        console.print(f"[bold]{_label(engine)}[/bold]: {engine['verdict']}", highlight=False, soft_wrap=True)
+    _verdicts(report, console)
+
+
+def _verdicts(report: dict, console: Console) -> None:
+    for engine in report["engines"]:
+        console.print(Text.assemble(_text(_label(engine), "bold"), ": ", _text(engine["verdict"])), soft_wrap=True)
 
 
 def _label(engine: dict) -> str:
@@ -120,10 +150,9 @@ def render_sweep(report: dict, console: Console) -> None:
         table.add_column(f"c={level}", justify="right")
     for name in dict.fromkeys(e["engine"] for e in report["engines"]):
         cells = {e["concurrency"]: e for e in report["engines"] if e["engine"] == name}
-        table.add_row(name, *(f"{cells[c]['pages_per_s']:,.1f}" if c in cells else "-" for c in levels))
+        table.add_row(_text(name), *(f"{cells[c]['pages_per_s']:,.1f}" if c in cells else "-" for c in levels))
     console.print(table)
-    for engine in report["engines"]:
-        console.print(f"[bold]{_label(engine)}[/bold]: {engine['verdict']}", highlight=False, soft_wrap=True)
+    _verdicts(report, console)
 
 
 def _errors(errors: dict) -> str:

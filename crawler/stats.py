@@ -197,33 +197,37 @@ class RunStats:
         return self.pulled - (self.lines_read - self.skipped)
 
     def summary(self) -> dict:
-        wall = round(self.wall_s, 3) or 1e-3
+        """The §7 figures, unrounded: the table rounds them, the JSON report keeps them as measured."""
+        wall = self.wall_s or 1e-9  # a run too short to time still divides
         failed = self.records - self.ok
         return {
             "engine": self.engine,
             "urls": self.records,
             "ok": self.ok,
             "failed": failed,
-            "errors": {code: self.errors[code] for code in ERROR_CODES if self.errors[code]},
+            "errors": {  # SPEC's codes in SPEC's order, then any other code a plugin gave
+                **{code: self.errors[code] for code in ERROR_CODES if self.errors[code]},
+                **{str(code): n for code, n in self.errors.items() if code not in ERROR_CODES and n},
+            },
             "lines_read": self.lines_read,
             "skipped": self.skipped,
-            "wall_s": wall,
-            "pages_per_s": round(self.ok / wall, 2),
-            "mb_per_s": round(self.bytes / 1e6 / wall, 2),
+            "wall_s": self.wall_s,
+            "pages_per_s": self.ok / wall,
+            "mb_per_s": self.bytes / 1e6 / wall,
             "fetch_ms": {
-                "p50": round(self.latency.percentile(50), 1),
-                "p95": round(self.latency.percentile(95), 1),
-                "p99": round(self.latency.percentile(99), 1),
-                "max": round(self.latency.max, 1),
+                "p50": self.latency.percentile(50),
+                "p95": self.latency.percentile(95),
+                "p99": self.latency.percentile(99),
+                "max": self.latency.max,
             },
-            "parse_cpu_s": round(self.parse_cpu_s, 3),
-            "cpu_s": round(self.cpu_s + self.remote_cpu_s, 3),
-            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "parse_cpu_s": self.parse_cpu_s,
+            "cpu_s": self.cpu_s + self.remote_cpu_s,
+            "peak_rss_mb": self.peak_rss_mb,
             "concurrency": self.concurrency,
-            "client_cores": round(self.cpu_s / wall, 2),
+            "client_cores": self.cpu_s / wall,
             "peak_in_flight": self.peak_in_flight,
             "peak_parse_backlog": self.peak_parse_backlog,
-            "parse_wait_s": round(self.parse_wait_s, 3),
+            "parse_wait_s": self.parse_wait_s,
             "interrupted": self.interrupted,
             "politeness": self.politeness,
             "links": self.links,

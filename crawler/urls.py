@@ -7,7 +7,30 @@ from typing import BinaryIO, Iterator
 
 from .errors import CrawlerError
 
-MAX_LINE = 1 << 20  # longer lines are kept (and fail as invalid_url), but not grown without end
+MAX_LINE = 1 << 20  # a line longer than this (1 MiB, without its line end) is never fetched nor held
+OVERLONG_PREFIX = 1000  # characters of an over-long line kept in its record's ``url``
+
+
+class OverlongLine(str):
+    """A URL-file line longer than :data:`MAX_LINE`: it gets one ``invalid_url`` record and is never fetched.
+
+    The string itself is what the record's ``url`` holds: the line's first
+    :data:`OVERLONG_PREFIX` characters and ``…`` (the line was never held
+    whole), the same on every read of the file, so ``--resume`` recognises
+    it.  ``length`` is the line's size in bytes; ``detail`` the record's
+    ``detail``.
+    """
+
+    length: int
+    detail: str
+
+    @classmethod
+    def make(cls, head: bytes, length: int) -> "OverlongLine":
+        text = head.decode("utf-8", errors="replace").replace("\x00", "\ufffd")[:OVERLONG_PREFIX].rstrip()
+        line = cls(text + "…")
+        line.length = length
+        line.detail = f"line of {length:,} bytes is longer than the {MAX_LINE:,}-byte limit: not fetched"
+        return line
 
 
 def read_url_lines(stream: BinaryIO) -> Iterator[str]:
@@ -15,23 +38,49 @@ def read_url_lines(stream: BinaryIO) -> Iterator[str]:
 
     Bytes that are not UTF-8 are kept as escapes (``surrogateescape`` turned
     into ``\\ufffd``) so that such a line still yields a record, never a crash.
-    A leading BOM and CRLF endings are ignored.
+    A leading BOM and CRLF endings are ignored.  A line longer than
+    :data:`MAX_LINE` bytes is read through in bounded pieces and yielded as an
+    :class:`OverlongLine` (unless it is blank or a comment); reading goes on
+    with the next line.
     """
     first = True
     while True:
-        raw = stream.readline(MAX_LINE)
+        raw = stream.readline(MAX_LINE + 1)
         if not raw:
             return
-        if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
-            while (more := stream.readline(MAX_LINE)) and not more.endswith(b"\n"):
-                pass  # drop the rest of an absurdly long line
+        overlong = len(raw) > MAX_LINE and not raw.endswith(b"\n")
         if first:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
             first = False
+        if overlong:
+            line = _rest_of_overlong(stream, raw)
+            if line is not None:
+                yield line
+            continue
         line = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd").strip()
         if not line or line.startswith("#"):
             continue
         yield line
+
+
+def _rest_of_overlong(stream: BinaryIO, raw: bytes) -> OverlongLine | None:
+    """Read to the end of an over-long line, keeping only its start; None for a blank or comment line."""
+    keep = 4 * OVERLONG_PREFIX  # bytes: enough for OVERLONG_PREFIX characters of UTF-8
+    head = raw.lstrip()[:keep]
+    length = len(raw)
+    while True:
+        more = stream.readline(MAX_LINE)
+        if not more:
+            break
+        length += len(more)
+        if len(head) < keep:
+            head = (head + more).lstrip()[:keep]
+        if more.endswith(b"\n"):
+            length -= 2 if more.endswith(b"\r\n") else 1
+            break
+    if not head.strip() or head.startswith(b"#"):
+        return None
+    return OverlongLine.make(head, length)
 
 
 def open_url_file(path: str) -> BinaryIO:
