@@ -19,8 +19,17 @@ def check_plot_path(path: str) -> None:
         raise CrawlerError("--plot needs matplotlib: pip install 'crawler[plot]'") from None
 
 
+# The figures the verdict reads, one panel each: how fast, what it cost the
+# client, how long a fetch took.  (label, unit, value of one report entry)
+PANELS = (
+    ("pages/s", "", lambda e: e["pages_per_s"]),
+    ("client CPU per page", "ms", lambda e: 1000 * e["cpu_s"] / e["urls"] if e["urls"] else 0.0),
+    ("fetch p95", "ms", lambda e: e["fetch_ms"]["p95"]),
+)
+
+
 def draw(report: dict, path: str) -> None:
-    """Bars of pages/s per engine; with several concurrency levels, a line per engine."""
+    """One panel per figure of :data:`PANELS`: bars per engine, or a line per engine against concurrency."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -29,25 +38,36 @@ def draw(report: dict, path: str) -> None:
     engines = report["engines"]
     names = list(dict.fromkeys(e["engine"] for e in engines))
     levels = sorted({e["concurrency"] for e in engines})
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    if len(levels) > 1:
-        for name in names:
-            points = sorted((e["concurrency"], e["pages_per_s"]) for e in engines if e["engine"] == name)
-            ax.plot([c for c, _ in points], [p for _, p in points], marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(levels, [str(c) for c in levels])
-        ax.set_xlabel("concurrency")
-        ax.legend()
-    else:
-        speeds = [e["pages_per_s"] for e in engines]
-        bars = ax.bar(names, speeds, color="#4878a8")
-        ax.bar_label(bars, labels=[f"{s:,.0f}" for s in speeds], padding=2)
-        ax.set_xlabel(f"engine (concurrency {levels[0]})")
-    ax.set_ylabel("pages/s")
+    sweep = len(levels) > 1
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 4.2), dpi=120)
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    for ax, (label, unit, value) in zip(axes, PANELS):
+        top = max((value(e) for e in engines), default=0.0) or 1.0
+        if sweep:
+            for name in names:
+                points = sorted((e["concurrency"], value(e)) for e in engines if e["engine"] == name)
+                ax.plot([c for c, _ in points], [v for _, v in points], marker="o", label=name, color=colors[name])
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(levels, [str(c) for c in levels])
+            ax.set_xlabel("concurrency")
+        else:
+            values = [value(e) for e in engines]
+            bars = ax.bar(names, values, color=[colors[n] for n in names])
+            ax.bar_label(bars, labels=[_short(v) for v in values], padding=2)
+            ax.set_xlabel(f"engine (concurrency {levels[0]})")
+            ax.tick_params(axis="x", labelrotation=30 if len(names) > 3 else 0)
+        ax.set_ylim(0, top * 1.18)  # from zero, and room for the labels inside the frame
+        ax.set_title(label + (f" ({unit})" if unit else ""))
+        ax.grid(axis="y", alpha=0.3)
+    if sweep:
+        axes[0].legend()
     settings = report["settings"]
-    parse = "fetch only" if not settings.get("parse", True) else f"parse workers {settings.get('parse_workers')}"
-    ax.set_title(f"crawl: pages/s ({parse})")
-    ax.grid(axis="y", alpha=0.3)
+    parse = "fetch only" if not settings.get("parse", True) else f"{settings.get('parse_workers')} parse workers"
+    fig.suptitle(f"crawl report: {len(names)} engine{'s' if len(names) > 1 else ''}, {parse}")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _short(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}" if value >= 10 else f"{value:,.2f}"
