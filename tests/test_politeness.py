@@ -1,4 +1,22 @@
-"""Politeness, measured at the server, for every engine: per-host limits, delays, robots.txt."""
+"""Politeness, measured at the server, for every engine: per-host limits, delays, robots.txt.
+
+What the server sees is not quite what the client does.  In flight: the
+server counts a request from its arrival until its handler returns, which is
+within the client's slot (taken before sending, given back once the
+response is read), so its peak never exceeds the client's: an upper bound
+holds exactly.  Starts: the client's gate spaces request *starts*; the
+server sees *arrivals*, each later than its start by a latency that varies:
+thread and GIL hand-offs in this very process, where the servers run; for
+``pool``, the gate's answer coming back from the manager process and the
+worker being scheduled; a loaded CPU stretches all of it.  Measured with
+two CPU burners on 2 cores: gaps of 0.2398 s (threads) and 0.189 s (pool,
+right after one of 0.322 s: one late arrival) for a delay of 0.25 s.  Two
+starts ``delay`` apart can arrive less than that apart, so a gap is held to
+the delay less :data:`ARRIVAL_JITTER_S` (still far from the near-zero gap
+of a delay not applied, or applied per worker process), and the span of n
+arrivals, where the latencies in between cancel out and the allowance
+counts once, to (n - 1) x delay less it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +27,17 @@ import pytest
 from aiohttp import web
 from conftest import LocalServer, by_url, html_page, run_records
 
+# How much later than its start one request may reach the server than another (see above).
+ARRIVAL_JITTER_S = 0.1
+
 
 class Watcher:
     """A site that notes when each request starts and how many are in flight, and serves a robots.txt."""
 
     def __init__(self, robots: tuple[int, str] | None = None):
         self.robots = robots
-        self.starts: list[float] = []
+        self.starts: list[float] = []  # time.monotonic() of each page request's arrival
+        self.spans: list[tuple[float, float]] = []  # (arrival, handler done) of each page request
         self.in_flight = 0
         self.peak = 0
         self.robots_agents: list[str] = []
@@ -32,13 +54,15 @@ class Watcher:
         return web.Response(status=status, text=text)
 
     async def page(self, request):
-        self.starts.append(time.monotonic())
+        arrived = time.monotonic()
+        self.starts.append(arrived)
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
             await asyncio.sleep(float(request.query.get("s", "0.05")))
         finally:
             self.in_flight -= 1
+            self.spans.append((arrived, time.monotonic()))
         return web.Response(body=html_page(request.path), content_type="text/html")
 
     def url(self, path: str) -> str:
@@ -46,6 +70,19 @@ class Watcher:
 
     def close(self) -> None:
         self.server.close()
+
+
+def assert_spaced(starts: list[float], delay: float, count: int) -> None:
+    """``count`` arrivals, started at least ``delay`` apart (see the module's docstring)."""
+    assert len(starts) == count
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= delay - ARRIVAL_JITTER_S, gaps
+    assert starts[-1] - starts[0] >= (count - 1) * delay - ARRIVAL_JITTER_S, gaps
+
+
+def overlap(one: list[tuple[float, float]], two: list[tuple[float, float]]) -> float:
+    """Seconds during which both servers were handling a request."""
+    return sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in one for s2, e2 in two)
 
 
 @pytest.fixture
@@ -74,8 +111,7 @@ def test_delay_spaces_request_starts(engine_name, watcher):
     urls = [site.url(f"/p{i}?s=0") for i in range(5)]
     records = run_records(engine_name, urls, concurrency=4, delay=0.25)
     assert all(r["ok"] for r in records)
-    gaps = [b - a for a, b in zip(site.starts, site.starts[1:])]
-    assert len(gaps) == 4 and min(gaps) >= 0.24
+    assert_spaced(site.starts, 0.25, 5)
 
 
 def test_robots_disallow_and_user_agent(engine_name, watcher):
@@ -93,8 +129,7 @@ def test_robots_crawl_delay_is_honoured(engine_name, watcher):
     site = watcher((200, "User-agent: *\nCrawl-delay: 0.3\n"))
     records = run_records(engine_name, [site.url(f"/p{i}?s=0") for i in range(3)], concurrency=4)
     assert all(r["ok"] for r in records)
-    gaps = [b - a for a, b in zip(site.starts, site.starts[1:])]
-    assert min(gaps) >= 0.29
+    assert_spaced(site.starts, 0.3, 3)
 
 
 @pytest.mark.parametrize("status, allowed", [(404, True), (410, True), (503, False), (500, False)])
@@ -116,8 +151,9 @@ def test_no_robots_never_asks(engine_name, watcher):
 def test_limits_hold_per_host_not_globally(engine_name, watcher):
     one, two = watcher(), watcher()
     urls = [site.url(f"/p{i}?s=0.15") for i in range(6) for site in (one, two)]
-    started = time.monotonic()
     records = run_records(engine_name, urls, concurrency=8, per_host=1)
     assert all(r["ok"] for r in records)
     assert one.peak == 1 and two.peak == 1
-    assert time.monotonic() - started < 6 * 0.15 * 2 * 0.9  # the two hosts went side by side
+    # The two hosts went side by side: with one limit for both, no two requests would overlap
+    # at the servers; each host was busy 6 x 0.15 s, most of it at the same time as the other.
+    assert overlap(one.spans, two.spans) >= 0.15

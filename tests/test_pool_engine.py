@@ -101,7 +101,7 @@ def added_since(before: dict[int, psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
-def wait_until_gone(before: dict[int, psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
+def wait_until_gone(before: dict[int, psutil.Process], timeout: float = 15.0) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
     while (left := added_since(before)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -127,7 +127,7 @@ def consume_in_thread(results: list, iterator) -> threading.Thread:
 
 def test_worker_killed_mid_fetch_is_recorded_and_the_run_finishes(engine, probe):
     before = descendants()
-    slow = probe.url("/slow?s=3&tag=busy-kill")
+    slow = probe.url("/slow?s=60&tag=busy-kill")  # answers long after the run must have ended
     urls = [slow] + [probe.url(f"/port?busy={i}") for i in range(10)]
     results: list = []
     thread = consume_in_thread(results, engine.fetch(urls, settings(concurrency=2)))
@@ -135,9 +135,10 @@ def test_worker_killed_mid_fetch_is_recorded_and_the_run_finishes(engine, probe)
     victim = serving(probe.probe.tag_ports["busy-kill"], added_since(before))
     killed_at = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
-    thread.join(10)
+    thread.join(30)
     assert not thread.is_alive(), "the run hangs on a dead worker"
-    assert time.monotonic() - killed_at < 2.0  # not waiting for the 3 s response
+    # Not waiting for the 60 s response; room for a new pool starting on a loaded machine.
+    assert time.monotonic() - killed_at < 20
     assert sorted(r.url for r in results) == sorted(urls)  # one record per URL
     by_url = {r.url: r for r in results}
     assert by_url[slow].error == "other" and not by_url[slow].ok
@@ -277,7 +278,7 @@ def test_workers_that_cannot_start_end_the_run_with_an_error_not_a_hang(engine, 
     started = time.monotonic()
     with pytest.raises(CrawlerError, match="keep dying.*exit code 3"):
         list(engine.fetch([probe.url("/port?never")], broken))
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # three pools started and lost: seconds, not a hang
     assert wait_until_gone(before) == []
 
 
@@ -292,7 +293,7 @@ def _session_processes(sid: int) -> list[psutil.Process]:
     return alive
 
 
-def _wait_session_empty(sid: int, timeout: float = 5.0) -> list[psutil.Process]:
+def _wait_session_empty(sid: int, timeout: float = 15.0) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout
     while (left := _session_processes(sid)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -310,7 +311,7 @@ def test_ctrl_c_to_the_process_group_leaves_no_process(probe, tmp_path):
         assert probe.probe.event("ctrl-c-0").wait(20)
         time.sleep(0.2)
         os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        _, stderr = process.communicate(timeout=10)
+        _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
