@@ -286,3 +286,22 @@ def test_cli_prints_header_and_urls_then_exits_cleanly_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_child_exits_when_its_parent_is_gone_even_while_generating_pages():
+    # serve_in_subprocess's child holds a pipe on stdin whose other end only the
+    # parent has: a parent killed with SIGKILL closes it.  Closed here while the
+    # child is still generating its pages (before its server loop runs).
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crawler.site", "--pages", "1000000", "--no-urls", "--exit-on-stdin-eof"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+    )  # fmt: skip
+    try:
+        time.sleep(1.0)  # importing, then generating: a million pages take minutes
+        assert proc.poll() is None
+        proc.stdin.close()
+        proc.wait(timeout=10)  # seconds at most, not the minutes the pages would take
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
