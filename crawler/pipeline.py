@@ -144,6 +144,7 @@ def run_engine(
     """
     stats = RunStats(engine.name, exclude_pids)
     stats.concurrency = settings.concurrency
+    stats.fetches_in_processes = bool(getattr(engine, "fetches_in_processes", False))
     lock = threading.Lock()
     following = options.depth > 0 and options.parse
     frontier = Frontier(options.max_pages, options.same_host) if following else None
@@ -161,7 +162,7 @@ def run_engine(
                 depth, parent = origin.pop(result.url, (0, None))
                 record = make_record(engine.name, result, parsed, parse_error, depth, parent)
                 write(record)
-                stats.record(record)
+                stats.record(record, result.first_byte_s)
                 if frontier is not None:
                     frontier.seen(result.final_url)
                     if parsed and depth < options.depth and parsed.get("link_urls"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import sys
@@ -14,6 +15,7 @@ from rich.text import Text
 
 from .pipeline import RunOptions
 from .engines import Settings
+from .verdict import judge
 
 
 def build_report(
@@ -29,7 +31,8 @@ def build_report(
     lets the verdict say how close each engine came to concurrency ÷ latency.
     """
     fastest = max((s["pages_per_s"] for s in summaries), default=0) or 1e-9
-    engines = [dict(s, relative=s["pages_per_s"] / fastest, verdict=verdict(s, latency_s)) for s in summaries]
+    cores = os.cpu_count() or 1
+    engines = [dict(s, relative=s["pages_per_s"] / fastest, verdict=judge(s, cores, latency_s)) for s in summaries]
     merged = {**asdict(settings.replace(gate=None)), **asdict(options), **(extra_settings or {})}
     merged.pop("want_links", None)
     merged["engine_options"] = dict(settings.engine_options)
@@ -40,25 +43,6 @@ def build_report(
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
-
-
-def verdict(engine: dict, latency_s: float | None = None) -> str:
-    """One line on what bounded this run, read off its own measurements."""
-    wall = engine["wall_s"] or 1e-9
-    if engine["parse_wait_s"] > 0.5 * wall:
-        return f"parse-bound: fetching waited for the parse stage {engine['parse_wait_s'] / wall:.0%} of the run"
-    fetch_cores = max(engine["cpu_s"] - engine["parse_cpu_s"], 0) / wall
-    if latency_s:
-        ideal = engine["concurrency"] / latency_s
-        share = engine["pages_per_s"] / ideal
-        if share >= 0.7:
-            return f"latency-bound: {share:.0%} of concurrency ÷ latency ({ideal:,.0f} pages/s)"
-    if fetch_cores >= 0.85:
-        single = " (one thread: the GIL keeps it to one core)" if fetch_cores < 1.15 else ""
-        return f"client CPU-bound: {fetch_cores:.2f} cores busy outside parsing{single}"
-    if latency_s:
-        return f"{share:.0%} of concurrency ÷ latency, client using {fetch_cores:.2f} cores: overheads or the server"
-    return f"server- or network-bound: the client used {fetch_cores:.2f} cores outside parsing"
 
 
 def write_report(report: dict, path: str) -> None:
@@ -108,7 +92,10 @@ ROWS = [
     ("parse cpu s", "parse_cpu_s", "{:.2f}"),
     ("peak RSS MB", "peak_rss_mb", "{:,.0f}"),
     ("client cores", "client_cores", "{:.2f}"),
+    ("first byte p50 ms", ("first_byte_ms", "p50"), "{:,.1f}"),
+    ("mean in flight", "mean_in_flight", "{:,.1f}"),
     ("peak in flight", "peak_in_flight", "{}"),
+    ("peak read-ahead", "peak_read_ahead", "{}"),
     ("peak parse backlog", "peak_parse_backlog", "{}"),
 ]
 
@@ -124,8 +111,8 @@ def render_table(report: dict, console: Console) -> None:
     for label, key, fmt in ROWS:
         cells = []
         for engine in engines:
-            value = engine[key[0]][key[1]] if isinstance(key, tuple) else engine[key]
-            cells.append(_text(fmt.format(value)))
+            value = (engine[key[0]] or {}).get(key[1]) if isinstance(key, tuple) else engine[key]
+            cells.append(_text("-" if value is None else fmt.format(value)))
         table.add_row(label, *cells)
     table.add_row("errors", *(_text(_errors(engine["errors"])) for engine in engines))
     console.print(table)

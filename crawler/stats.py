@@ -90,6 +90,12 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _machine_cpu_s() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle, not waiting for I/O) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 class CpuMeter:
     """CPU of this process and every process under it, minus ``exclude`` (the demo site).
 
@@ -146,7 +152,11 @@ class RunStats:
         self.pulled = 0  # URLs handed to the engine (list lines not skipped, and followed links)
         self.taken_back = 0  # results the engine has returned
         self.links: dict | None = None  # link following: discovered, queued, deduplicated
-        self.peak_in_flight = 0
+        self.peak_read_ahead = 0  # most URLs handed to the engine and not yet given back
+        self.fetches_in_processes = False  # the engine's fetching can use every core (the verdict's yardstick)
+        self.fetch_s = 0.0  # all fetch times added up: over the wall time, the mean requests in flight
+        self.machine_cpu_s = 0.0  # every process on the machine, this run's and others' (a busy machine shows here)
+        self.first_byte = LatencyHistogram()  # ms from a request's start to its status line
         self.peak_parse_backlog = 0
         self.parse_wait_s = 0.0
         self.accounting_error: str | None = None
@@ -158,17 +168,19 @@ class RunStats:
     def start(self) -> None:
         self._started = time.perf_counter()
         self._cpu.start()
+        self._machine = _machine_cpu_s()
 
     def stop(self) -> None:
         self.wall_s = time.perf_counter() - self._started
         self.cpu_s = self._cpu.elapsed()
+        self.machine_cpu_s = max(_machine_cpu_s() - self._machine, 0.0)
 
     def returned(self) -> None:
-        """The engine gave a result back; what it still holds is in flight."""
-        self.peak_in_flight = max(self.peak_in_flight, self.pulled - self.taken_back)
+        """The engine gave a result back; what it still holds was read ahead (queued or in flight)."""
+        self.peak_read_ahead = max(self.peak_read_ahead, self.pulled - self.taken_back)
         self.taken_back += 1
 
-    def record(self, record: dict) -> None:
+    def record(self, record: dict, first_byte_s: float | None = None) -> None:
         self.records += 1
         if record["ok"]:
             self.ok += 1
@@ -176,6 +188,15 @@ class RunStats:
             self.errors[record["error"] or "other"] += 1
         self.bytes += record["bytes"]
         self.latency.add(record["fetch_ms"])
+        self.fetch_s += record["fetch_ms"] / 1000
+        if first_byte_s is not None:
+            self.first_byte.add(first_byte_s * 1000)
+
+    @property
+    def peak_in_flight(self) -> int | None:
+        """Requests in flight at once at most, as the engine counted them (None if it does not say)."""
+        peak = (self.engine_stats or {}).get("peak_in_flight")
+        return int(peak) if isinstance(peak, (int, float)) else None
 
     @property
     def remote_cpu_s(self) -> float:
@@ -226,6 +247,13 @@ class RunStats:
             "concurrency": self.concurrency,
             "client_cores": self.cpu_s / wall,
             "peak_in_flight": self.peak_in_flight,
+            "mean_in_flight": self.fetch_s / wall,
+            "peak_read_ahead": self.peak_read_ahead,
+            "first_byte_ms": {"p50": self.first_byte.percentile(50), "p95": self.first_byte.percentile(95)}
+            if self.first_byte.count
+            else None,
+            "fetches_in_processes": self.fetches_in_processes,
+            "machine_cpu_s": self.machine_cpu_s,
             "peak_parse_backlog": self.peak_parse_backlog,
             "parse_wait_s": self.parse_wait_s,
             "interrupted": self.interrupted,

@@ -22,6 +22,10 @@ rules, tried in this order (README "Report" lists them too):
 6. **under-filled**: neither the client nor the server was busy and fewer
    requests were in flight than allowed: the URL source, politeness limits
    or the engine's own start-up held the run back.
+
+Whatever the verdict, a machine whose other processes (a local server,
+other jobs) took a quarter of its cores or more during the run gets a note
+saying how much: the figures above were measured on a shared machine.
 """
 
 from __future__ import annotations
@@ -32,10 +36,20 @@ PARSE_WAIT_SHARE = 0.25
 BUSY = 0.8  # share of the available cores that counts as "kept busy"
 FULL = 0.7  # share of --concurrency in flight that counts as "kept full"
 SERVER_SHARE = 0.7  # share of a fetch spent waiting for the first byte
+OTHERS_SHARE = 0.25  # share of the cores other processes (a server, other jobs) took, worth a note
 
 
 def judge(engine: dict, cores: int, latency_s: float | None = None) -> str:
     """One line on what bounded this engine's run (``engine`` is its §7 report entry)."""
+    line = _judge(engine, cores, latency_s)
+    wall = engine["wall_s"] or 0.0
+    others = (engine.get("machine_cpu_s", 0.0) - engine["cpu_s"]) / wall if wall else 0.0
+    if others >= OTHERS_SHARE * cores and not line.startswith(("nothing", "every", "too")):
+        line += f"; the machine was busy: other processes took {others:.2f} of its {cores} cores"
+    return line
+
+
+def _judge(engine: dict, cores: int, latency_s: float | None) -> str:
     urls, ok, wall = engine["urls"], engine["ok"], engine["wall_s"] or 0.0
     if urls == 0:
         return "nothing to judge: no URL was crawled"

@@ -47,3 +47,10 @@ def test_processes_are_judged_against_every_core():
 def test_a_known_server_delay_gives_the_ideal_rate():
     line = judge(figures(mean_in_flight=31.0, fetch_ms={"p50": 52.0}, first_byte_ms={"p50": 50.0}), cores=2, latency_s=0.05)
     assert "the server's 50 ms allow 640" in line
+
+
+def test_a_busy_machine_is_said_not_hidden():
+    line = judge(figures(machine_cpu_s=15.0), cores=2)  # 1.2 cores went to processes outside the run
+    assert line.endswith("the machine was busy: other processes took 1.20 of its 2 cores")
+    assert "busy" not in judge(figures(machine_cpu_s=4.0), cores=2)
+    assert "busy" not in judge(figures(ok=0, errors={"timeout": 1000}, machine_cpu_s=20.0), cores=2)
