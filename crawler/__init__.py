@@ -1,13 +1,20 @@
 """crawler: fetch a URL list with interchangeable concurrency engines and compare them."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("crawler")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    __version__ = "0.0.0"
-
-from .engines import Engine, FetchResult, Settings  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
+# The single place the version is written (pyproject.toml reads it from here):
+# no importlib.metadata look-up at start-up.
+__version__ = "0.1.0"
 
 __all__ = ["Engine", "FetchResult", "Settings", "hookimpl", "__version__"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use, so that `crawl --version` imports none of it.
+    if name in ("Engine", "FetchResult", "Settings"):
+        from . import engines
+
+        return getattr(engines, name)
+    if name == "hookimpl":
+        from .hookspecs import hookimpl
+
+        return hookimpl
+    raise AttributeError(f"module 'crawler' has no attribute {name!r}")

@@ -95,3 +95,9 @@ def open_url_file(path: str) -> BinaryIO:
         raise CrawlerError(f"URL file is a directory: {path}") from None
     except OSError as exc:
         raise CrawlerError(f"cannot read URL file {path}: {exc.strerror}") from None
+
+
+def count_url_lines(path: str) -> int:
+    """How many URLs :func:`read_url_lines` will yield from ``path``: one streaming pass, nothing kept."""
+    with open_url_file(path) as stream:
+        return sum(1 for _ in read_url_lines(stream))

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Iterable, Iterator
-
-import aiohttp
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import crawler
 from crawler.fetching import (
@@ -30,6 +28,9 @@ from crawler.fetching import (
     join_headers,
     run_async,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _DONE = object()
 
@@ -74,6 +75,8 @@ class AsyncioEngine:
 
 
 async def _crawl(urls, settings, give, in_flight: InFlight) -> None:
+    import aiohttp  # here, not at the top: listing engines must not pay for it
+
     ssl_context = ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
     connector = aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0, ssl=ssl_context, ttl_dns_cache=300)
     url_queue: asyncio.Queue = asyncio.Queue(maxsize=settings.concurrency)
@@ -118,6 +121,8 @@ async def _crawl(urls, settings, give, in_flight: InFlight) -> None:
 
 
 async def _exchange(session: aiohttp.ClientSession, step: Exchange, status_line: list[Response]) -> Response:
+    import aiohttp
+
     try:
         async with session.get(step.url, headers=step.headers, allow_redirects=False) as resp:
             check_head(resp.raw_headers)

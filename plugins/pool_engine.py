@@ -67,7 +67,10 @@ from crawler.errors import CrawlerError
 from crawler.fetching import describe, fetch_plan, run_blocking
 from crawler.processes import follow_parent
 
-from . import requests_exchange
+# requests (through requests_exchange) is imported by the workers, where it
+# is used, and once by the forkserver for all of them (_preload_in_forkserver):
+# not by `crawl --list-engines`.
+_CLIENT_MODULE = __name__.rpartition(".")[0] + ".requests_exchange"
 
 # Largest number of URLs per task (our own batches: with Pool's chunksize > 1,
 # imap_unordered returns a plain generator, without the next(timeout) that the
@@ -130,7 +133,7 @@ def _preload_in_forkserver() -> None:
     from multiprocessing import forkserver
 
     current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-    wanted = current + [name for name in [__name__, *_main_script_imports()] if name not in current]
+    wanted = current + [name for name in [__name__, _CLIENT_MODULE, *_main_script_imports()] if name not in current]
     if wanted != current:
         multiprocessing.get_context("forkserver").set_forkserver_preload(wanted)
 
@@ -178,6 +181,7 @@ _preload_in_forkserver()
 class _WorkerState:
     settings: crawler.Settings
     session: object
+    exchange: object  # requests_exchange.exchange
     verify: "bool | str"
     state: object  # the pool's shared array: [retired flag, one int per task slot]
     pid: int
@@ -191,7 +195,11 @@ def _init_worker(settings: crawler.Settings, state) -> None:
     # then terminates the pool), so a worker does not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _worker
-    _worker = _WorkerState(settings, requests_exchange.new_session(), settings.ca_file or True, state, os.getpid())
+    from . import requests_exchange
+
+    _worker = _WorkerState(
+        settings, requests_exchange.new_session(), requests_exchange.exchange, settings.ca_file or True, state, os.getpid()
+    )
     follow_parent()  # exit when the parent dies without terminating the pool (SIGKILL, a crash)
 
 
@@ -200,7 +208,7 @@ def _fetch_one(worker: _WorkerState, url: str) -> crawler.FetchResult:
     try:
         return run_blocking(
             fetch_plan(url, worker.settings),
-            lambda step: requests_exchange.exchange(worker.session, step, worker.verify),
+            lambda step: worker.exchange(worker.session, step, worker.verify),
         )
     except Exception as exc:  # a bug must cost one record, not the task's place in the pool
         return crawler.FetchResult(url=url, error="other", detail=describe(exc), elapsed=time.monotonic() - started)

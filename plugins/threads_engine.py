@@ -13,14 +13,14 @@ from typing import Iterable, Iterator
 import crawler
 from crawler.fetching import InFlight, fetch_plan, run_blocking
 
-from . import requests_exchange
-
 
 class ThreadsEngine:
     name = "threads"
     description = "ThreadPoolExecutor + requests, a Session per thread"
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+        from . import requests_exchange  # requests is imported when fetching, not when listing engines
+
         local = threading.local()
         sessions: list = []  # one per thread, to wake them when the crawl stops early
         stopping = threading.Event()  # backoff sleeps wait on it, so a stop cuts them short
