@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from protego import Protego
 
+from .processes import follow_parent
+
 # What :meth:`HostGate.robots` tells the fetch policy about a host's robots.txt.
 ROBOTS_UNKNOWN = "unknown"  # nobody has fetched it yet: the caller must
 ROBOTS_PENDING = "pending"  # another request is fetching it: wait
@@ -168,5 +170,5 @@ def shared_gate(per_host: int | None, delay: float, robots: bool, user_agent: st
     """
     methods = multiprocessing.get_all_start_methods()
     manager = GateManager(ctx=multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn"))
-    manager.start()
+    manager.start(initializer=follow_parent)  # a kill -9 of the crawl takes the manager with it
     return manager.HostGate(per_host, delay, robots, user_agent), manager

@@ -278,11 +278,15 @@ def test_hostile_url_file_gives_every_line_a_record(pages, tmp_path):
 
 
 def test_interrupted_demo_leaves_no_site_behind(tmp_path):
+    out = tmp_path / "r.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "crawler", "--demo", "--demo-pages", "300", "--demo-delay", "0.2", "-c", "4", "-q"],
+        [sys.executable, "-m", "crawler", "--demo", "--demo-pages", "300", "--demo-delay", "0.2", "-c", "4", "-q", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(4)  # the site is up and pages are being crawled
+    deadline = time.monotonic() + 60  # a loaded machine may take long to start; the first record says it has
+    while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert out.exists() and out.stat().st_size, "no record within 60 s"
     children = psutil.Process(process.pid).children(recursive=True)
     assert any("crawler.site" in " ".join(c.cmdline()) for c in children)
     process.send_signal(signal.SIGINT)
@@ -356,3 +360,31 @@ def test_resume_reads_csv_and_sqlite(pages, tmp_path, suffix):
     assert result.returncode == 0, result.stderr
     [summary] = json.loads(report.read_text())["engines"]
     assert summary["skipped"] == 1 and summary["urls"] == 2
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--list-engines"]])
+def test_quick_commands_import_no_engine_client_numpy_rich_table_or_matplotlib(args):
+    heavy = ["aiohttp", "requests", "urllib3", "numpy", "selectolax", "matplotlib", "dask", "distributed", "rich.table", "rich.progress", "crawler.pipeline", "crawler.outputs"]
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['crawl', *{args!r}]\n"
+        "try:\n    runpy.run_module('crawler', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        f"print('loaded:', ','.join(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "loaded: ", result.stdout
+
+
+def test_help_reads_at_80_columns_in_panels_with_examples_and_exit_codes():
+    result = subprocess.run(
+        [sys.executable, "-m", "crawler", "--help"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80"}
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "Other:" not in lines  # every option sits in a panel
+    for heading in ("Engines:", "Fetching:", "Parsing:", "Politeness and following:", "Input and output:", "Report:", "Examples:", "Exit status:"):
+        assert any(line.startswith(heading) for line in lines), heading
+    assert "<bool>" not in result.stdout and "<str>" not in result.stdout
+    assert len(lines) < 110
