@@ -65,6 +65,9 @@ class Settings:
     # what the pipeline will do with pages, for engines that parse where they fetch
     parse: bool = True
     want_links: bool = False
+    # the caller reads the bodies (sitemaps are fetched with parse=False and this on):
+    # an engine that parses where it fetches and keeps bodies there sends them back
+    want_bodies: bool = False
     # politeness (see crawler.politeness): filled in per run by the pipeline
     per_host: int | None = None
     delay: float = 0.0
@@ -113,4 +116,9 @@ class Engine(Protocol):
 # ``FetchResult.parsed``: an engine that parses where it fetches hands back
 #   the parse fields (those of :data:`crawler.parse.PARSE_FIELDS`) and may
 #   leave ``body`` empty, giving the decoded size in ``size``; the pipeline
-#   then writes the record without parsing again.
+#   then writes the record without parsing again.  With
+#   ``settings.want_bodies`` it must send the body back (``--sitemap`` reads it).
+#
+# ``session(settings)``: a context manager the pipeline enters once around
+#   all of a run's ``fetch()`` calls (one per ``--depth`` level, and the
+#   sitemaps' own), for what should outlive one call (a cluster).

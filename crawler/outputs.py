@@ -29,7 +29,6 @@ import threading
 import time
 from typing import Iterator
 
-import numpy as np
 
 from .errors import CrawlerError, OutputError
 
@@ -52,6 +51,13 @@ RECORD_KEYS = (
     "depth",
     "parent",
 )
+# With --record-links, records carry one more key, last: the page's link URLs (SPEC §6).
+LINKS_KEY = "link_urls"
+
+
+def record_keys(record_links: bool = False) -> tuple[str, ...]:
+    """The keys of every record, in order: :data:`RECORD_KEYS`, and ``link_urls`` with ``--record-links``."""
+    return RECORD_KEYS + (LINKS_KEY,) if record_links else RECORD_KEYS
 
 STDOUT = "-"  # ``--out -``: JSON Lines on standard output
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -156,7 +162,7 @@ def json_line(record: dict) -> bytes:
 class JsonlWriter:
     """Appends records to a JSON Lines file (``-``: stdout); safe to call from several threads."""
 
-    def __init__(self, path: str, append: bool = False):
+    def __init__(self, path: str, append: bool = False, keys: tuple[str, ...] = RECORD_KEYS):
         self.path = path
         self._file = _LineFile(path, append)
 
@@ -206,15 +212,18 @@ class CsvWriter:
     break and every record is one line, written whole like a JSON Lines line.
     """
 
-    def __init__(self, path: str, append: bool = False):
+    def __init__(self, path: str, append: bool = False, keys: tuple[str, ...] = RECORD_KEYS):
         self.path = path
+        self.keys = keys
         self._buffer = io.StringIO()
         self._csv = csv.writer(self._buffer)
         self._lock = threading.Lock()
+        if append:
+            _check_header(path, keys)
         self._file = _LineFile(path, append)
         if not append or self._file.size_at_open == 0:
             try:
-                self._file.write(self._row(list(RECORD_KEYS)))
+                self._file.write(self._row(list(keys)))
             except OutputError as exc:
                 self._file.close()
                 raise CrawlerError(str(exc)) from None  # nothing fetched yet: a usage error
@@ -227,13 +236,34 @@ class CsvWriter:
             return self._buffer.getvalue().encode("utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(self._row([_csv_cell(record[key]) for key in RECORD_KEYS]))
+        self._file.write(self._row([_csv_cell(record.get(key)) for key in self.keys]))
 
     def close(self) -> None:
         self._file.close()
 
 
 SQL_TYPES = {"ok": "INTEGER", "status": "INTEGER", "bytes": "INTEGER", "fetch_ms": "REAL", "links": "INTEGER", "words": "INTEGER", "depth": "INTEGER"}
+
+
+def _check_header(path: str, keys: tuple[str, ...]) -> None:
+    """``--resume`` adds rows to a CSV file only under the same header (with or without ``link_urls``)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            header = next(csv.reader(f), None)
+    except FileNotFoundError:
+        return
+    except (OSError, csv.Error) as exc:
+        raise CrawlerError(f"--resume cannot read {path}: {_reason(exc)}") from None
+    if header and tuple(header) != keys:
+        raise CrawlerError(_other_columns(path, tuple(header), keys))
+
+
+def _other_columns(path: str, found: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    if found + (LINKS_KEY,) == keys:
+        return f"{path} was written without --record-links: resume it without the option, or choose another --out"
+    if keys + (LINKS_KEY,) == found:
+        return f"{path} was written with --record-links: resume it with the option too"
+    return f"{path} has other columns than crawl's records; --resume cannot add to it"
 
 
 class SqliteWriter:
@@ -247,8 +277,9 @@ class SqliteWriter:
     BATCH = 500
     SECONDS = 1.0
 
-    def __init__(self, path: str, append: bool = False):
+    def __init__(self, path: str, append: bool = False, keys: tuple[str, ...] = RECORD_KEYS):
         self.path = path
+        self.keys = keys
         fresh = not os.path.exists(path) or os.path.getsize(path) == 0
         self._lock = threading.Lock()
         self._closed = False
@@ -260,16 +291,20 @@ class SqliteWriter:
         try:
             if fresh:
                 self._db.execute("PRAGMA journal_mode=WAL")
-            columns = ", ".join(f'"{key}" {SQL_TYPES.get(key, "TEXT")}' for key in RECORD_KEYS)
+            columns = ", ".join(f'"{key}" {SQL_TYPES.get(key, "TEXT")}' for key in keys)
             self._db.execute("BEGIN")
             if not append:
                 self._db.execute("DROP TABLE IF EXISTS records")
             self._db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns})")
+            found = tuple(row[1] for row in self._db.execute("PRAGMA table_info(records)"))
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._db.close()
             raise CrawlerError(f"cannot write {path}: {exc}") from None
-        self._insert = f"INSERT INTO records VALUES ({', '.join('?' * len(RECORD_KEYS))})"
+        if found != keys:
+            self._db.close()
+            raise CrawlerError(_other_columns(path, found, keys))
+        self._insert = f"INSERT INTO records VALUES ({', '.join('?' * len(keys))})"
         self._pending: list[tuple] = []
         self._last_commit = time.monotonic()
 
@@ -279,7 +314,7 @@ class SqliteWriter:
                 return
             if self._failed is not None:
                 raise self._failed
-            self._pending.append(tuple(record[key] for key in RECORD_KEYS))
+            self._pending.append(tuple(_sql_value(record.get(key)) for key in self.keys))
             if len(self._pending) >= self.BATCH or time.monotonic() - self._last_commit >= self.SECONDS:
                 self._flush()
 
@@ -308,6 +343,13 @@ class SqliteWriter:
                 self._db.close()
 
 
+def _sql_value(value):
+    """A column value: a list (``link_urls``) as JSON text."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 class NullWriter:
     def write(self, record: dict) -> None:
         pass
@@ -323,11 +365,14 @@ def output_format(path: str) -> str:
     return {".csv": "csv", ".sqlite": "sqlite", ".db": "sqlite"}.get(suffix, "jsonl")
 
 
-def open_writer(path: str | None, append: bool = False):
-    """A writer for ``--out PATH`` (``-``: JSON Lines on stdout); a path that cannot be opened is a :class:`CrawlerError`."""
+def open_writer(path: str | None, append: bool = False, keys: tuple[str, ...] = RECORD_KEYS):
+    """A writer for ``--out PATH`` (``-``: JSON Lines on stdout); a path that cannot be opened is a :class:`CrawlerError`.
+
+    ``keys``: :func:`record_keys` (the CSV header and the SQLite columns).
+    """
     if not path:
         return NullWriter()
-    return {"csv": CsvWriter, "sqlite": SqliteWriter, "jsonl": JsonlWriter}[output_format(path)](path, append)
+    return {"csv": CsvWriter, "sqlite": SqliteWriter, "jsonl": JsonlWriter}[output_format(path)](path, append, keys)
 
 
 # --- checks before the run -----------------------------------------------------------
@@ -428,7 +473,7 @@ def _check_sqlite(path: str, refuse, resume: bool) -> None:
             db.close()
     except sqlite3.Error as exc:
         raise refuse(f"cannot read it as an SQLite database: {exc}") from None
-    if columns and columns != RECORD_KEYS:
+    if columns and columns not in (RECORD_KEYS, record_keys(True)):
         raise refuse("its table 'records' has other columns than crawl's records; --resume cannot add to it")
 
 
@@ -525,17 +570,23 @@ class CompletedUrls:
                 ]
             except (OSError, sqlite3.Error, csv.Error) as exc:
                 raise CrawlerError(f"--resume cannot read {path}: {_reason(exc)}") from None
+        import numpy as np  # only --resume needs it: not imported by every run's start-up
+
+        self._np = np
         self.keys, self.counts = np.unique(np.array(keys, dtype=np.uint64), return_counts=True)
 
     def __len__(self) -> int:
         return int(self.counts.sum())
 
+    def __call__(self, url: str) -> bool:
+        return self.take(url)
+
     def take(self, url: str) -> bool:
         """True (and one fewer left) if ``url`` still has an unclaimed record."""
         if not len(self.keys):
             return False
-        key = np.uint64(_url_key(self._normal(url)))
-        i = int(np.searchsorted(self.keys, key))
+        key = self._np.uint64(_url_key(self._normal(url)))
+        i = int(self._np.searchsorted(self.keys, key))
         if i < len(self.keys) and self.keys[i] == key and self.counts[i] > 0:
             self.counts[i] -= 1
             return True

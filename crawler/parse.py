@@ -292,13 +292,14 @@ def _base_url(tree, page_url: str) -> str:
         return page_url
 
 
-def _links(tree, page_url: str) -> set[str]:
+def _links(tree, page_url: str) -> list[str]:
+    """The distinct http(s) URLs the page's ``<a href>`` values resolve to, in document order."""
     base = _base_url(tree, page_url)
     # `<a href>` without a value reports None: an empty href, i.e. this page.
-    hrefs = {(node.attributes.get("href") or "").strip() for node in tree.css("a[href]")}
-    targets = {_resolve_link(base, href) for href in hrefs}
-    targets.discard(None)
-    return targets
+    hrefs = dict.fromkeys((node.attributes.get("href") or "").strip() for node in tree.css("a[href]"))
+    targets = dict.fromkeys(_resolve_link(base, href) for href in hrefs)  # dicts keep the first occurrence's place
+    targets.pop(None, None)
+    return list(targets)
 
 
 # --------------------------------------------------------------------------
@@ -373,7 +374,7 @@ def parse_page(url: str, body: bytes, content_type: str | None, want_links: bool
     links = _links(tree, url)
     record["links"] = len(links)
     if want_links:
-        record["link_urls"] = sorted(links)
+        record["link_urls"] = links
     # Last, because it strips the non-visible elements out of the tree.
     words = _visible_words(tree)
     record["words"] = len(words)

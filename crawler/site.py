@@ -43,7 +43,9 @@ import math
 import operator
 import os
 import random
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,7 @@ __all__ = [
     "make_app",
     "serve",
     "serve_in_subprocess",
+    "demo_port_to_resume",
     "main",
 ]
 
@@ -712,20 +715,24 @@ def serve_in_subprocess(
     mean_kb: float = 30.0,
     host: str = "127.0.0.1",
     startup_timeout: float = 15.0,
+    port: int = 0,
 ) -> Iterator[SiteProcess]:
     """Run ``python -m crawler.site`` in a child process; yield a :class:`SiteProcess`.
 
-    The child generates its pages, listens on a free port and reports its
-    URL; this returns once it is ready (or raises :class:`RuntimeError` with
-    the child's stderr after ``startup_timeout`` s).  On exit, however it
+    The child generates its pages, listens on a free port (or ``port``) and
+    reports its URL; this returns once it is ready (or raises
+    :class:`RuntimeError` with the child's stderr after ``startup_timeout``
+    s, or when it cannot listen on ``port``).  On exit, however it
     happens (KeyboardInterrupt included), the child gets SIGTERM, then
     SIGKILL after 5 s, and is reaped.  Should this process die without
     cleaning up, the child notices its stdin closing and exits too.
     """
     site = SyntheticSite(pages=pages, seed=seed, delay=delay, mean_kb=mean_kb)  # validates arguments
+    if port:
+        _wait_for_port(host, port, startup_timeout / 3)  # e.g. the site of a run just killed, still exiting
     cmd = [
         sys.executable, "-m", "crawler.site",
-        "--host", host, "--port", "0", "--no-urls", "--exit-on-stdin-eof",
+        "--host", host, "--port", str(int(port)), "--no-urls", "--exit-on-stdin-eof",
         "--pages", str(pages), "--seed", str(seed),
         "--delay", repr(float(delay)), "--mean-kb", repr(float(mean_kb)),
     ]
@@ -760,6 +767,74 @@ def serve_in_subprocess(
             yield SiteProcess(base_url, proc, site)
         finally:
             _stop_process(proc)
+
+
+def _wait_for_port(host: str, port: int, seconds: float) -> None:
+    """Return once ``host:port`` can be listened on, or after ``seconds`` (the child then says why it cannot)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp listens
+            try:
+                probe.bind((host, port))
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return
+        time.sleep(0.1)
+
+
+def demo_port_to_resume(out: str | None, engines: list[str]) -> int:
+    """The port of the demo site whose crawl ``--demo --resume`` continues, or 0 (any free port).
+
+    The demo's URLs name its port, so a resumed demo must serve on the same
+    one for its records and frontier to mean the same pages.  The port is
+    read from the first record in ``out`` whose URL is a demo page, else
+    from the first URL in a frontier state file of one of ``engines``
+    (a crawl killed before its first record may have queued links).
+    """
+    import json
+
+    from .frontier import state_path
+    from .outputs import read_records
+
+    def port_of(url: object) -> int:
+        if isinstance(url, str):
+            match = _DEMO_URL.match(url)
+            if match:
+                return int(match.group(1))
+        return 0
+
+    if not out:
+        return 0
+    try:
+        for record in read_records(out):
+            port = port_of(record.get("url"))
+            if port:
+                return port
+    except (OSError, ValueError, sqlite3.Error):
+        pass
+    for engine in engines:
+        try:
+            with open(state_path(out, engine), "rb") as log:
+                for line in log:
+                    try:
+                        fact = json.loads(line)
+                    except ValueError:
+                        continue
+                    for item in fact if isinstance(fact, list) else ():
+                        port = port_of(item)
+                        if port:
+                            return port
+        except OSError:
+            continue
+    return 0
+
+
+_DEMO_URL = re.compile(r"http://127\.0\.0\.1:(\d{1,5})/page/\d+$")
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ each HTML page *there*, as it arrives, with :func:`crawler.parse.parse_batch`
 client is one :class:`crawler.FetchResult` per URL with ``body=b""``,
 ``size`` set and ``parsed`` holding the parse fields (sha256 included), so
 page bodies never cross the network and the pipeline writes each record
-without parsing it again.
+without parsing it again.  Only when the caller reads the bodies itself
+(``Settings.want_bodies``: ``--sitemap`` documents) are they sent back.
 
 Bounded and streaming: the URL iterable is read lazily, one batch at a time,
 and at most ``2 × (worker threads)`` batches are submitted and not yet taken
@@ -38,7 +39,9 @@ Options (``--engine-opt KEY=VALUE``):
 
 ``scheduler=tcp://HOST:PORT``
     use a running cluster; without it, a ``LocalCluster`` of one
-    single-threaded worker process per core is started and closed by the run.
+    single-threaded worker process per core is started and closed by the run
+    (one for the whole crawl, every ``--depth`` level and the sitemaps
+    included: the pipeline enters :meth:`DaskEngine.session` around them).
 ``batch=N``
     URLs per task (default :data:`DEFAULT_BATCH`, see there why).
 ``workers=N``
@@ -64,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -144,10 +148,38 @@ class DaskEngine:
 
     def __init__(self) -> None:
         self.unavailable = _unavailable()
+        self._session: _Connection | None = None
+
+    @contextlib.contextmanager
+    def session(self, settings: crawler.Settings) -> Iterator[None]:
+        """One cluster for every ``fetch()`` called inside: the pipeline enters it around a whole run.
+
+        A crawl with ``--depth`` calls ``fetch()`` once per level (and once
+        per level of sitemap indexes); without a session each call would
+        start and stop its own LocalCluster.  Inside one, they share the
+        cluster (or the client of ``scheduler=``) and the politeness gates on
+        the workers, so robots.txt is read once per host per run, as in the
+        other engines.  Leaving the session closes the cluster.
+        """
+        if self._session is not None:  # nested: the outer session serves
+            yield
+            return
+        connection = _Connection(_Options.from_settings(settings), settings)
+        quiet = _QuietDask()
+        try:
+            connection.open()
+            self._session = connection
+            yield
+        finally:
+            self._session = None
+            try:
+                connection.close()
+            finally:
+                quiet.restore()
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         options = _Options.from_settings(settings)
-        run = _Run(options, settings)
+        run = _Run(options, settings, self._session)
         # Dask logs what it copes with (reconnection attempts, workers leaving) with tracebacks
         # on stderr; the crawl reports what matters itself, in one line (CrawlerError).
         quiet = _QuietDask()
@@ -248,13 +280,81 @@ class _Batch:
     lost: int = 0  # times its task was dropped or its result lost
 
 
-class _Run:
-    """One engine run on the client: cluster, submission window, bookkeeping."""
+class _Connection:
+    """A cluster and its client: a LocalCluster started here, or the client of ``scheduler=``.
+
+    Made by one run, or by :meth:`DaskEngine.session` for all the runs of a
+    crawl.  ``gate_token`` names the politeness gates on the workers: they
+    live as long as the connection.
+    """
 
     def __init__(self, options: _Options, settings: crawler.Settings):
         self.options = options
         self.settings = settings
         self.cluster = None
+        self.client = None
+        self.own_cluster = options.scheduler is None
+        self.gate_token = uuid.uuid4().hex[:12]
+        self.start_s = 0.0
+
+    def open(self) -> None:
+        import dask
+        import distributed
+
+        started = time.perf_counter()
+        if self.own_cluster:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+                self.cluster = self._local_cluster(distributed)
+            self.client = distributed.Client(self.cluster, set_as_default=False)
+        else:
+            address = self.options.scheduler
+            try:
+                self.client = distributed.Client(address, timeout=self.options.connect_timeout, set_as_default=False)
+            except Exception as exc:  # OSError on timeout or refusal, ValueError/TypeError on a bad address
+                raise CrawlerError(f"cannot reach Dask scheduler {address}: {_one_line(exc)}") from None
+        self.start_s = time.perf_counter() - started
+
+    def _local_cluster(self, distributed):
+        return distributed.LocalCluster(
+            n_workers=self.options.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            # No dashboard; the scheduler's HTTP server (health, metrics) on a free loopback port,
+            # not 8787, which another cluster may hold (dask then warns on stderr).
+            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.ERROR,
+            preload=[_LOCAL_WORKER_SETUP],
+        )
+
+    def close(self) -> None:
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        if client is not None:
+            if client.status == "running":
+                try:  # the gates of a session's runs were kept for the next run: dropped now
+                    client.run(_drop_gate, self.gate_token)
+                except Exception:
+                    pass
+            try:
+                client.close(timeout=10)
+            except Exception:
+                pass
+        if cluster is not None:
+            try:
+                cluster.close(timeout=20)
+            except Exception:
+                pass
+
+
+class _Run:
+    """One engine run on the client: submission window, bookkeeping (on its own connection or a session's)."""
+
+    def __init__(self, options: _Options, settings: crawler.Settings, connection: _Connection | None = None):
+        self.options = options
+        self.settings = settings
+        self.connection = connection
+        self.own_connection = connection is None  # else a session's: kept open after this run
         self.client = None
         self.own_cluster = options.scheduler is None
         self.token = uuid.uuid4().hex[:12]
@@ -290,9 +390,6 @@ class _Run:
     # --- life cycle ---
 
     def start(self) -> None:
-        import dask
-        import distributed
-
         if self.settings.ca_file:
             try:
                 with open(self.settings.ca_file, "rb") as handle:
@@ -300,16 +397,10 @@ class _Run:
             except OSError as exc:
                 raise CrawlerError(f"cannot read CA file {self.settings.ca_file}: {exc}") from None
         started = time.perf_counter()
-        if self.own_cluster:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-                self.cluster = self._local_cluster(distributed)
-            self.client = distributed.Client(self.cluster, set_as_default=False)
-        else:
-            address = self.options.scheduler
-            try:
-                self.client = distributed.Client(address, timeout=self.options.connect_timeout, set_as_default=False)
-            except Exception as exc:  # OSError on timeout or refusal, ValueError/TypeError on a bad address
-                raise CrawlerError(f"cannot reach Dask scheduler {address}: {_one_line(exc)}") from None
+        if self.connection is None:
+            self.connection = _Connection(self.options, self.settings)
+            self.connection.open()
+        self.client = self.connection.client
         try:
             self.client.wait_for_workers(1, timeout=self.options.worker_wait)
         except Exception:
@@ -327,25 +418,13 @@ class _Run:
             ) from None
         self.workers_seen.update(self.cpu_at_start)
         self._refresh_workers(force=True)
-        self.cluster_start_s = time.perf_counter() - started
-
-    def _local_cluster(self, distributed):
-        return distributed.LocalCluster(
-            n_workers=self.options.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # No dashboard; the scheduler's HTTP server (health, metrics) on a free loopback port,
-            # not 8787, which another cluster may hold (dask then warns on stderr).
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
-            preload=[_LOCAL_WORKER_SETUP],
-        )
+        # a session's runs all report the one start-up of its cluster
+        self.cluster_start_s = time.perf_counter() - started if self.own_connection else self.connection.start_s
 
     def close(self) -> None:
         closing = time.perf_counter()
-        client, cluster = self.client, self.cluster
-        self.client = self.cluster = None
+        client, connection = self.client, self.connection
+        self.client = None
         if client is not None:
             running = client.status == "running"
             if self.in_flight and running:
@@ -355,8 +434,8 @@ class _Run:
                     pass
             self.in_flight.clear()
             if running:
-                try:
-                    after = client.run(_worker_after_run, self.token)
+                try:  # a session keeps its gates for the next run
+                    after = client.run(_worker_after_run, connection.gate_token, self.own_connection)
                 except Exception:
                     after = {}
                 if self.cpu_at_start and after:
@@ -370,15 +449,8 @@ class _Run:
                         "hosts": max(g["hosts"] for g in gates),
                         "peak_in_flight_per_host": max(g["peak_in_flight_per_host"] for g in gates),
                     }
-            try:
-                client.close(timeout=10)
-            except Exception:
-                pass
-        if cluster is not None:
-            try:
-                cluster.close(timeout=20)
-            except Exception:
-                pass
+        if self.own_connection and connection is not None:
+            connection.close()
         self.close_s = time.perf_counter() - closing
 
     def _where(self) -> str:
@@ -464,7 +536,7 @@ class _Run:
         )
         gate_spec = None
         if self.polite:
-            gate_spec = (self.token, 1 if self.partition else max(len(self.workers), 1))
+            gate_spec = (self.connection.gate_token, 1 if self.partition else max(len(self.workers), 1))
         # Strict: a loosely restricted task may be stolen by another worker, and a host would have two gates.
         restriction = {"workers": [batch.worker], "allow_other_workers": False} if batch.worker else {}
         future = self.client.submit(
@@ -591,6 +663,7 @@ class _Run:
             "peak_batches_in_flight": self.peak_batches_in_flight,
             "records_per_worker": dict(sorted(self.per_worker.items())),
             "cluster_start_s": round(self.cluster_start_s, 3),
+            "session": not self.own_connection,  # the cluster serves every level of the crawl (DaskEngine.session)
             "close_s": round(self.close_s, 3),
             "task_cpu_s": round(self.task_cpu_s, 3),
             "remote_parse_cpu_s": round(self.parse_cpu_s, 3),
@@ -661,11 +734,17 @@ def _default_agent() -> str:
     return default_user_agent()
 
 
-def _worker_after_run(token: str) -> tuple[float, dict | None]:
-    """At the end of a run: this worker's CPU so far and its gate's figures (the gate is dropped)."""
+def _worker_after_run(token: str, drop: bool = True) -> tuple[float, dict | None]:
+    """At the end of a run: this worker's CPU so far and its gate's figures (the gate dropped unless a session keeps it)."""
     with _gates_lock:
-        gate = _gates.pop(token, None)
+        gate = _gates.pop(token, None) if drop else _gates.get(token)
     return _worker_cpu_s(), gate.stats() if gate is not None else None
+
+
+def _drop_gate(token: str) -> None:
+    """At the end of a session: its gate in this worker process goes."""
+    with _gates_lock:
+        _gates.pop(token, None)
 
 
 class _ClusterGate(HostGate):
@@ -749,7 +828,13 @@ def _run_batch(
                       "sha256": hashlib.sha256(body).hexdigest() if got_body else None}  # fmt: skip
         results.append(
             dataclasses.replace(
-                result, body=b"", size=len(body), parsed=fields, error=error, detail=detail, headers=dict(result.headers)
+                result,
+                body=body if settings.want_bodies else b"",  # the client reads them (sitemaps), else they stay here
+                size=len(body),
+                parsed=fields,
+                error=error,
+                detail=detail,
+                headers=dict(result.headers),
             )
         )
     return {

@@ -55,3 +55,36 @@ def test_without_a_path_the_log_is_a_temporary_file(tmp_path):
 
 def test_state_file_name_is_beside_the_output():
     assert state_path("runs/int.jsonl", "pool") == "runs/int.jsonl.pool.frontier"
+
+
+def test_a_list_line_queued_as_a_link_before_it_was_read_is_crawled_at_depth_0_only(tmp_path):
+    frontier = Frontier(None, same_host=True, path=str(tmp_path / "state"))
+    frontier.listed(H + "/")
+    frontier.offer([H + "/a", H + "/b"], H + "/", list_urls=1, depth=1)  # /b is a list line not read yet
+    frontier.listed(H + "/b")
+    frontier.listed(H + "/c")
+    assert frontier.count_at(1) == 2
+    assert list(frontier.level(1)) == [(H + "/a", H + "/")]  # /b: depth 0 only
+    assert list(frontier.queued_at(1)) == [(H + "/a", H + "/"), (H + "/b", H + "/")]  # the log keeps what it queued
+    assert frontier.stats()["listed"] == 1
+    frontier.close()
+    facts = (tmp_path / "state").read_text().splitlines()
+    assert facts == ['["seen","http://h.test/"]', '["queue",1,"http://h.test/a","http://h.test/"]',
+                     '["queue",1,"http://h.test/b","http://h.test/"]', '["seen","http://h.test/c"]']  # fmt: skip
+
+
+def test_seen_facts_reach_the_file_on_sync_and_a_fresh_frontier_replaces_the_log(tmp_path):
+    path = tmp_path / "state"
+    frontier = Frontier(None, same_host=True, path=str(path))
+    frontier.seen(H + "/redirected-here")
+    frontier.sync()
+    assert path.read_text() == '["seen","http://h.test/redirected-here"]\n'  # before the record that needs it
+    frontier.close()
+    restored = Frontier(None, same_host=True, path=str(path))
+    restored.restore()
+    restored.offer([H + "/redirected-here", H + "/new"], H + "/", list_urls=1, depth=1)
+    assert restored.stats()["deduplicated"] == 1 and restored.count_at(1) == 1
+    restored.close()
+    fresh = Frontier(None, same_host=True, path=str(path), fresh=True)
+    fresh.close()
+    assert path.read_text() == ""

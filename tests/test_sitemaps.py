@@ -118,18 +118,18 @@ def site():
     srv.close()
 
 
-def engine_fetch(engine_name: str, **overrides):
-    """The CLI's ``fetch``: the registered engine, parsing off, the test suite's short timeouts."""
+def engine_fetch(engine_name: str, want_bodies: bool = True, **overrides):
+    """The pipeline's ``fetch``: the registered engine, parsing off, bodies asked for, the test suite's short timeouts."""
     engine = registered_engines(get_plugin_manager())[engine_name]
     extra = ENGINE_SETTINGS.get(engine_name, {})
     settings = crawler.Settings(
         **{"timeout": 5.0, "concurrency": 8, "backoff_base": 0.05, "max_bytes": MAX_BYTES, **extra, **overrides}
-    ).replace(parse=False, want_links=False)
+    ).replace(parse=False, want_links=False, want_bodies=want_bodies)
     return lambda urls: engine.fetch(urls, settings)
 
 
-def expand(engine_name: str, sources, **limits):
-    events = list(expand_sitemaps(sources, engine_fetch(engine_name), max_bytes=MAX_BYTES, **limits))
+def expand(engine_name: str, sources, want_bodies: bool = True, **limits):
+    events = list(expand_sitemaps(sources, engine_fetch(engine_name, want_bodies), max_bytes=MAX_BYTES, **limits))
     pages = [event.url for event in events if isinstance(event, PageURL)]
     failures = {event.result.url: event for event in events if isinstance(event, SitemapFailure)}
     assert len(failures) == len(events) - len(pages), "one failure per sitemap URL"
@@ -137,12 +137,8 @@ def expand(engine_name: str, sources, **limits):
 
 
 @pytest.fixture
-def bodies_engine(engine_name, request):
-    """The engine's name; an engine that hands no bodies back (dask parses on its workers) cannot read sitemaps yet."""
-    if engine_name == "dask":
-        request.node.add_marker(
-            pytest.mark.xfail(strict=True, reason="dask sends no body back to the client: it needs an option to return bodies")
-        )
+def bodies_engine(engine_name):
+    """The engine's name: every engine hands bodies back when asked (``Settings.want_bodies``; dask keeps them otherwise)."""
     return engine_name
 
 
@@ -226,7 +222,7 @@ def test_loops_limits_and_depth(site, bodies_engine):
 @pytest.mark.skipif("dask" not in ENGINE_NAMES, reason="the dask engine is not registered")
 def test_an_engine_that_sends_no_body_back_fails_each_sitemap_clearly(site, dask_settings):
     ENGINE_SETTINGS["dask"] = dask_settings
-    pages, failures = expand("dask", [site.url("/sitemaps/plain.xml")])
+    pages, failures = expand("dask", [site.url("/sitemaps/plain.xml")], want_bodies=False)  # not asked: dask keeps them
     assert pages == []
     [failure] = failures.values()
     assert failure.result.error == "other" and "handed back no body" in failure.result.detail
