@@ -42,8 +42,13 @@ class ExitCode(enum.IntEnum):
     TERMINATED = 143
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the run winds down like on Ctrl-C."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the run winds down like on Ctrl-C.
+
+    A KeyboardInterrupt, because libraries let exactly that (and SystemExit)
+    through their own error handling: asyncio's transports log any other
+    BaseException as a fatal write error, with a traceback.
+    """
 
 
 # --help, grouped: every option of the command is in exactly one panel
@@ -337,10 +342,10 @@ def crawl(
     except CrawlerError as exc:
         _error(str(exc))
         raise typer.Exit(ExitCode.USAGE) from None
-    except KeyboardInterrupt:
-        code = ExitCode.INTERRUPTED
     except Terminated:
         code = ExitCode.TERMINATED
+    except KeyboardInterrupt:
+        code = ExitCode.INTERRUPTED
     finally:
         if code not in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
             for sig, handler in previous.items():  # after a stop, a second Ctrl-C must still exit at once
