@@ -395,7 +395,13 @@ def _interrupted(signum, frame):
     """First SIGINT/SIGTERM: wind down, keep what was fetched. A second one: leave now."""
     signal.signal(signal.SIGINT, _exit_now)
     signal.signal(signal.SIGTERM, _exit_now)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+    stop = KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
+    from .pipeline import RECORDING
+
+    if RECORDING.busy:  # between writing a record and counting it: raised as that step ends
+        RECORDING.pending = stop
+        return
+    raise stop
 
 
 def _exit_now(signum, frame):

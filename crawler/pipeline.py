@@ -98,6 +98,33 @@ def _politeness_gate(engine: Engine, settings: Settings):
     return HostGate(*args), None
 
 
+class _Recording:
+    """Writing a record and counting it are one step for the main thread's signal handlers.
+
+    A Ctrl-C handler that raises between the two would leave the file and the
+    report one record apart; while :attr:`busy`, the CLI's handler parks its
+    exception here instead, and it is raised as the step ends.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending: BaseException | None = None
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.busy = True
+
+    def __exit__(self, *exc) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.busy = False
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                raise pending
+
+
+RECORDING = _Recording()
+
+
 def counted(
     urls: Iterable[str],
     stats: RunStats,
@@ -212,8 +239,9 @@ def run_engine(
                     else:
                         frontier.sync()
                 record = make_record(engine.name, result, parsed, parse_error, depth, parent, options.record_links)
-                write(record)
-                stats.record(record, result.first_byte_s)
+                with RECORDING:
+                    write(record)
+                    stats.record(record, result.first_byte_s)
                 if progress:
                     progress(record)
             except Exception as exc:  # never out of a parse-stage callback: the caller's thread raises it
