@@ -4,7 +4,7 @@
 # no importlib.metadata look-up at start-up.
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "FetchResult", "Settings", "hookimpl", "__version__"]
+__all__ = ["Engine", "FetchResult", "Options", "Settings", "compare", "crawl", "hookimpl", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,6 +13,10 @@ def __getattr__(name: str):
         from . import engines
 
         return getattr(engines, name)
+    if name in ("crawl", "compare", "Options"):
+        from . import api
+
+        return getattr(api, name)
     if name == "hookimpl":
         from .hookspecs import hookimpl
 

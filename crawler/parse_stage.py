@@ -171,7 +171,7 @@ class ParseStage:
                 for result, outcome in zip(flight.batch, outcomes):
                     self._deliver(result, outcome)
         finally:
-            # Only now: drain() must not return before these records are written.
+            # Only now: drain() must not return before these pages are delivered.
             with self._cond:
                 del self._flights[id(future)]
                 self._in_flight_bytes -= flight.size
@@ -187,18 +187,26 @@ class ParseStage:
         else:
             self.done(result, None, outcome)
 
-    def drain(self) -> None:
-        """Send the partial batch and wait until every page is delivered."""
+    def drain(self, wake: Callable[[], bool] = lambda: False) -> bool:
+        """Send the partial batch and wait until every page is delivered: True.
+
+        Returns False early, with pages still in flight, once ``wake()`` is
+        true (checked as each batch comes back): the caller can hand out the
+        records delivered so far, and drain again.
+        """
         if self._executor is None:
-            return
+            return True
         if self._batch:
             self._send()
         with self._cond:
             while self._flights or self._orphans:
+                if wake():
+                    return False
                 if self._orphans and not self._flights:
                     self._recover_locked()
                 else:
                     self._cond.wait()
+        return True
 
     # --- faults ---------------------------------------------------------------------
 

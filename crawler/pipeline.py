@@ -10,6 +10,7 @@ so the engine slows down instead of memory growing (Scrapy's
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -26,6 +27,7 @@ from .frontier import Frontier
 from .outputs import record_keys
 from .parse_stage import ParseStage
 from .politeness import HostGate, shared_gate
+from .processes import hide_script_main, show_script_main
 from .stats import MemorySampler, RunStats
 from .urls import OverlongLine
 
@@ -163,13 +165,42 @@ def run_engine(
     progress: Callable[[dict], None] | None = None,
     exclude_pids: frozenset[int] = frozenset(),
     skip: Callable[[str], bool] | None = None,
-    *,
-    state: str | None = None,
-    resume: bool = False,
-    sitemaps: Sequence[str] = (),
-    notify: Callable[[str], None] | None = None,
+    **run: object,
 ) -> RunStats:
-    """Fetch ``urls`` with ``engine``, write one record per URL, return the stats.
+    """Run ``engine`` over ``urls`` (see :class:`EngineRun`), ``write`` each record as it is made, return the stats.
+
+    On ``KeyboardInterrupt``, a failure of ``write`` or any other exception,
+    the run is stopped (every process and thread it started), and the
+    exception re-raised with the stats of what completed as ``exc.run_stats``.
+    """
+    engine_run = EngineRun(engine, urls, settings, options, exclude_pids=exclude_pids, skip=skip, write=write, progress=progress, **run)
+    try:
+        for _ in engine_run:  # every record went to write()
+            pass
+    except BaseException as exc:
+        exc.run_stats = engine_run.stats
+        raise
+    return engine_run.stats
+
+
+class EngineRun:
+    """One engine's run over a URL list; iterate it for the records, each as its URL completes.
+
+    Iteration drives the whole run in the caller's thread: the engine is
+    pulled for results, pages go to the parse stage, and records come out
+    between results; the parse stage's records made while the engine waits
+    come out at its next result.  While the caller holds a record, nothing
+    new is fetched by engines that run in this thread (asyncio, yield): a
+    request's clock keeps running meanwhile.  Closing the iterator
+    (``break``, ``.close()``, an exception) stops every process and thread
+    the run started; :attr:`stats` then covers the records handed out.
+
+    With ``write``, records are not handed out: each is written as soon as
+    it is made, from whichever thread made it (the parse stage's callbacks
+    included), and counted in the same step (:data:`RECORDING`), then
+    ``progress(record)`` is called; iterating yields nothing.  That is the
+    CLI's way: a record on disk as soon as it exists, whatever the engine
+    is waiting for.
 
     ``skip(url)`` true means the URL already has its record (``--resume``).
     With ``options.depth``, the links found by the parse stage are crawled
@@ -177,15 +208,15 @@ def run_engine(
 
     ``state``: where the frontier's log lives (:func:`crawler.frontier.state_path`),
     kept across processes; without it, a temporary file.  A page's links
-    reach the log (flushed) before its record is written, so a record never
-    outlives its links.  ``resume`` takes the crawl up from that log: the
-    list (level 0) is read again, then each level's queued URLs are crawled,
-    and ``skip`` passes over every URL, list line or followed link, that
-    has its record already (the records judge what is done, not the log).
-    Without ``resume`` an existing log is replaced.  A crawl that reaches its
-    end writes that into the log; resumed, it says "already complete"
-    through ``notify`` and fetches only list lines that have no record
-    (lines added to the URL file since), with their links.
+    reach the log (flushed) before its record is handed out, so a record
+    never outlives its links.  ``resume`` takes the crawl up from that log:
+    the list (level 0) is read again, then each level's queued URLs are
+    crawled, and ``skip`` passes over every URL, list line or followed link,
+    that has its record already (the records judge what is done, not the
+    log).  Without ``resume`` an existing log is replaced.  A crawl that
+    reaches its end writes that into the log; resumed, it says "already
+    complete" through ``notify`` and fetches only list lines that have no
+    record (lines added to the URL file since), with their links.
 
     ``sitemaps``: sitemap sources (``--sitemap``), read before the crawl
     through this engine (parsing off, the run's politeness gate): their page
@@ -198,171 +229,255 @@ def run_engine(
     around the whole run, every level included (the dask engine keeps one
     cluster for all of them).
 
-    On ``KeyboardInterrupt`` (or any exception) the engine is closed, the
-    parse stage stopped, the stats of what completed kept, and the exception
-    re-raised with the stats attached as ``exc.run_stats``; from then on
-    nothing more is written (a page the parse stage delivers late is
-    dropped, so it is fetched again by ``--resume``: it has no record).
-
-    ``write`` may fail in whichever thread completes a record (the parse
-    stage's callbacks included): the first failure stops the writing and is
-    raised here, in the caller's thread, at the next result; an ``OSError``
-    of the link frontier's spool becomes an :class:`OutputError`.
+    A page the parse stage delivers after the run was stopped is dropped, so
+    ``--resume`` fetches it again: it has no record.  A failure in a parse
+    stage callback (the frontier's spool) stops the run and is raised in the
+    caller's thread at the next step; an ``OSError`` there becomes an
+    :class:`OutputError`.
     """
-    stats = RunStats(engine.name, exclude_pids)
-    stats.concurrency = settings.concurrency
-    stats.fetches_in_processes = bool(getattr(engine, "fetches_in_processes", False))
-    lock = threading.Lock()
-    following = options.depth > 0 and options.parse
-    want_links = following or (options.record_links and options.parse)
-    tell = notify or (lambda line: None)
-    frontier = _open_frontier(engine.name, options, state, resume, skip, tell) if following else None
-    origin: dict[str, tuple[int, str]] = {}  # followed URL in the engine's hands -> (depth, parent)
-    halt = _Halt()
+
+    def __init__(
+        self,
+        engine: Engine,
+        urls: Iterable[str],
+        settings: Settings,
+        options: RunOptions,
+        *,
+        exclude_pids: frozenset[int] = frozenset(),
+        skip: Callable[[str], bool] | None = None,
+        state: str | None = None,
+        resume: bool = False,
+        sitemaps: Sequence[str] = (),
+        notify: Callable[[str], None] | None = None,
+        write: Callable[[dict], None] | None = None,
+        progress: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self._write = write
+        self._progress = progress
+        self.urls = urls
+        self.settings = settings
+        self.options = options
+        self.skip = skip
+        self.state = state
+        self.resume = resume
+        self.sitemaps = sitemaps
+        self.notify = notify or (lambda line: None)
+        self.exclude_pids = exclude_pids
+        self.stats = RunStats(engine.name, exclude_pids)
+        self.stats.concurrency = settings.concurrency
+        self.stats.fetches_in_processes = bool(getattr(engine, "fetches_in_processes", False))
+        self.following = options.depth > 0 and options.parse
+        self.want_links = self.following or (options.record_links and options.parse)
+        self.frontier: Frontier | None = None
+        self.halt = _Halt()
+        self._lock = threading.Lock()
+        self._origin: dict[str, tuple[int, str]] = {}  # followed URL in the engine's hands -> (depth, parent)
+        self._ready: collections.deque[tuple[dict, float | None]] = collections.deque()
+        self._started = False
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._started:
+            raise RuntimeError("an EngineRun is iterated once")
+        self._started = True
+        return self._records()
+
+    # --- records ----------------------------------------------------------------------
 
     def complete(
-        result: FetchResult, parsed: dict | None = None, parse_error: str | None = None, at: tuple[int, str | None] | None = None
+        self, result: FetchResult, parsed: dict | None = None, parse_error: str | None = None, at: tuple[int, str | None] | None = None
     ) -> None:
+        """Make ``result``'s record, ready to be handed out (from any thread: the parse stage calls it too)."""
+        halt, frontier, options = self.halt, self.frontier, self.options
         if halt.stopped:
             return
         parsed = parsed or (dict(result.parsed) if result.parsed else None)
-        with lock:
+        with self._lock:
             if halt.stopped:
                 return
             try:
-                depth, parent = at or origin.pop(result.url, (0, None))
+                depth, parent = at or self._origin.pop(result.url, (0, None))
                 if frontier is not None:  # the page's links go to the log (flushed) before its record
                     frontier.seen(result.final_url)  # a redirect's target is crawled: never queued after this
                     links = parsed.get("link_urls") if parsed else None
                     if links and depth < options.depth:
-                        frontier.offer(links, result.final_url or result.url, stats.lines_read, depth + 1)
+                        frontier.offer(links, result.final_url or result.url, self.stats.lines_read, depth + 1)
                     else:
                         frontier.sync()
-                record = make_record(engine.name, result, parsed, parse_error, depth, parent, options.record_links)
+                record = make_record(self.engine.name, result, parsed, parse_error, depth, parent, options.record_links)
+                if self._write is None:
+                    self._ready.append((record, result.first_byte_s))
+                    return
                 with RECORDING:
-                    write(record)
-                    stats.record(record, result.first_byte_s)
-                if progress:
-                    progress(record)
+                    self._write(record)
+                    self.stats.record(record, result.first_byte_s)
+                if self._progress:
+                    self._progress(record)
             except Exception as exc:  # never out of a parse-stage callback: the caller's thread raises it
                 halt.fail(exc)
 
-    def refuse(line: OverlongLine) -> None:
-        complete(FetchResult(url=str(line), error="invalid_url", detail=line.detail))
+    def _hand_out(self) -> Iterator[dict]:
+        """Yield the records made so far (none with ``write``), each counted as it goes."""
+        while self._ready:
+            record, first_byte = self._ready.popleft()
+            self.stats.record(record, first_byte)
+            show_script_main()  # the caller's own processes are its business
+            try:
+                yield record
+            finally:
+                hide_script_main()
 
-    def followed(level: int) -> Iterator[str]:
-        for url, parent in frontier.level(level):
-            if skip is not None and skip(url):  # done by the stopped run (--resume)
-                stats.skipped += 1
+    # --- the run ----------------------------------------------------------------------
+
+    def _records(self) -> Iterator[dict]:
+        hide_script_main()  # the run's processes (parse stage, pool, manager, cluster) are ours
+        try:
+            yield from self._steps()
+        finally:
+            show_script_main()
+
+    def _steps(self) -> Iterator[dict]:
+        engine, options, stats = self.engine, self.options, self.stats
+        if self.following:
+            self.frontier = _open_frontier(engine.name, options, self.state, self.resume, self.skip, self.notify)
+        frontier = self.frontier
+        stage = (
+            ParseStage(options.parse_workers, self.complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout)
+            if options.parse
+            else None
+        )
+        if stage:
+            stage.want_links = self.want_links
+        settings = self.settings.replace(parse=options.parse, want_links=self.want_links)
+        gate, gate_manager = _politeness_gate(engine, settings)
+        if gate is not None:
+            settings = settings.replace(gate=gate)
+        session = getattr(engine, "session", None)
+        results = iter(())
+        spool = None
+        memory = MemorySampler(self.exclude_pids)
+        try:
+            if stage:
+                stage.start()
+            with memory:
+                stats.start()
+                try:
+                    with contextlib.ExitStack() as sessions:
+
+                        def engine_ready() -> None:
+                            """Enter the engine's session once, when there is something to fetch."""
+                            nonlocal session
+                            if callable(session):
+                                sessions.enter_context(session(settings))
+                                # on the way out, the engine's run in progress is closed before its session
+                                sessions.callback(lambda: getattr(results, "close", lambda: None)())
+                            session = None
+
+                        urls = self.urls
+                        if self.sitemaps and not (frontier is not None and frontier.complete):
+                            engine_ready()
+                            spool = _read_sitemaps(engine, self.sitemaps, settings, self._sitemap_failure, self.notify)
+                            self.halt.check()
+                            urls = itertools.chain(urls, spool)
+                        listed = frontier.listed if frontier is not None else None
+                        level_urls: Iterable[str] = counted(urls, stats, self.skip, self._refuse, listed)
+                        for level in range(options.depth + 1 if self.following else 1):
+                            if level:
+                                if not frontier.count_at(level):
+                                    break  # nothing was found to go deeper with
+                                frontier.begin_level(level)
+                                level_urls = self._followed(level)
+                            pending = _nonempty(level_urls)
+                            yield from self._hand_out()  # e.g. refused overlong lines
+                            if pending is None:
+                                continue  # e.g. resumed: every URL of the level has its record
+                            engine_ready()
+                            results = iter(engine.fetch(pending, settings))
+                            yield from self._consume(results, stage)
+                            if stage:  # the level's links are all known only once it is parsed
+                                while not stage.drain(wake=lambda: bool(self._ready)):
+                                    yield from self._hand_out()
+                            yield from self._hand_out()
+                            self.halt.check()
+                        if frontier is not None:
+                            frontier.finish()
+                finally:
+                    stats.stop()
+        except BaseException:
+            self.halt.stopped = True  # before the stage is cancelled: its late deliveries are not records
+            stats.interrupted = True
+            close = getattr(results, "close", None)
+            if close:
+                close()
+            if stage:
+                stage.close(cancel=True)
+            raise
+        else:
+            if stage:
+                stage.close()
+            self.halt.stopped = True
+            stats.check_accounting()
+        finally:
+            stats.peak_rss_mb = memory.peak / 2**20
+            if spool is not None:
+                spool.close()
+            if frontier is not None:
+                stats.links = frontier.stats()
+                frontier.close()
+            if gate is not None:
+                try:
+                    stats.politeness = gate.stats()
+                except Exception:  # the manager process may be gone after an interrupt
+                    pass
+            if gate_manager is not None:
+                gate_manager.shutdown()
+            if stage:
+                stats.parse_cpu_s = stage.parse_cpu_s
+                stats.peak_parse_backlog = stage.peak_backlog
+                stats.parse_wait_s = stage.wait_s
+
+    def _consume(self, results: Iterator[FetchResult], stage: ParseStage | None) -> Iterator[dict]:
+        """Take every result of one engine.fetch() call: to the parse stage, or straight to a record."""
+        stats = self.stats
+        while True:
+            self.halt.check()
+            try:
+                result = next(results)
+            except StopIteration as finished:
+                if isinstance(finished.value, dict):
+                    stats.engine_stats = finished.value
+                return
+            stats.returned()
+            if stage and wants_parse(result):
+                stage.submit(result)
+            else:
+                self.complete(result)
+            yield from self._hand_out()
+
+    def _refuse(self, line: OverlongLine) -> None:
+        self.complete(FetchResult(url=str(line), error="invalid_url", detail=line.detail))
+
+    def _followed(self, level: int) -> Iterator[str]:
+        for url, parent in self.frontier.level(level):
+            if self.skip is not None and self.skip(url):  # done by the stopped run (--resume)
+                self.stats.skipped += 1
                 continue
-            with lock:
-                origin[url] = (level, parent)
-            stats.pulled += 1
+            with self._lock:
+                self._origin[url] = (level, parent)
+            self.stats.pulled += 1
             yield url
 
-    def sitemap_failure(failure) -> None:
+    def _sitemap_failure(self, failure) -> None:
         result = failure.result
+        stats = self.stats
         stats.lines_read += 1
-        tell(f"{engine.name}: sitemap {result.url}: {result.error} ({result.detail})")
-        if skip is not None and skip(result.url):
+        self.notify(f"{self.engine.name}: sitemap {result.url}: {result.error} ({result.detail})")
+        if self.skip is not None and self.skip(result.url):
             stats.skipped += 1
             return
         stats.pulled += 1
         stats.returned()
-        complete(result, at=(0, failure.parent))
-
-    stage = (
-        ParseStage(options.parse_workers, complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout)
-        if options.parse
-        else None
-    )
-    if stage:
-        stage.want_links = want_links
-    settings = settings.replace(parse=options.parse, want_links=want_links)
-    gate, gate_manager = _politeness_gate(engine, settings)
-    if gate is not None:
-        settings = settings.replace(gate=gate)
-    session = getattr(engine, "session", None)
-    results = iter(())
-    spool = None
-    memory = MemorySampler(exclude_pids)
-    try:
-        if stage:
-            stage.start()
-        with memory:
-            stats.start()
-            try:
-                with contextlib.ExitStack() as sessions:
-
-                    def engine_ready() -> None:
-                        """Enter the engine's session once, when there is something to fetch."""
-                        nonlocal session
-                        if callable(session):
-                            sessions.enter_context(session(settings))
-                            # on the way out, the engine's run in progress is closed before its session
-                            sessions.callback(lambda: getattr(results, "close", lambda: None)())
-                        session = None
-
-                    if sitemaps and not (frontier is not None and frontier.complete):
-                        engine_ready()
-                        spool = _read_sitemaps(engine, sitemaps, settings, sitemap_failure, tell)
-                        halt.check()
-                        urls = itertools.chain(urls, spool)
-                    listed = frontier.listed if frontier is not None else None
-                    level_urls: Iterable[str] = counted(urls, stats, skip, refuse, listed)
-                    for level in range(options.depth + 1 if following else 1):
-                        if level:
-                            if not frontier.count_at(level):
-                                break  # nothing was found to go deeper with
-                            frontier.begin_level(level)
-                            level_urls = followed(level)
-                        pending = _nonempty(level_urls)
-                        if pending is None:
-                            continue  # e.g. resumed: every URL of the level has its record
-                        engine_ready()
-                        results = iter(engine.fetch(pending, settings))
-                        _consume(results, stats, stage, complete, halt)
-                        if stage:
-                            stage.drain()  # the level's links are all known only once it is parsed
-                        halt.check()
-                    if frontier is not None:
-                        frontier.finish()
-            finally:
-                stats.stop()
-    except BaseException as exc:
-        halt.stopped = True  # before the stage is cancelled: its late deliveries are not records
-        stats.interrupted = True
-        close = getattr(results, "close", None)
-        if close:
-            close()
-        if stage:
-            stage.close(cancel=True)
-        exc.run_stats = stats
-        raise
-    else:
-        if stage:
-            stage.close()
-        halt.stopped = True
-        stats.check_accounting()
-    finally:
-        stats.peak_rss_mb = memory.peak / 2**20
-        if spool is not None:
-            spool.close()
-        if frontier is not None:
-            stats.links = frontier.stats()
-            frontier.close()
-        if gate is not None:
-            try:
-                stats.politeness = gate.stats()
-            except Exception:  # the manager process may be gone after an interrupt
-                pass
-        if gate_manager is not None:
-            gate_manager.shutdown()
-        if stage:
-            stats.parse_cpu_s = stage.parse_cpu_s
-            stats.peak_parse_backlog = stage.peak_backlog
-            stats.parse_wait_s = stage.wait_s
-    return stats
+        self.complete(result, at=(0, failure.parent))
 
 
 def _open_frontier(
@@ -456,20 +571,3 @@ class _Halt:
         """Raise the first write failure, in the caller's thread."""
         if self.failure is not None:
             raise self.failure
-
-
-def _consume(results: Iterator[FetchResult], stats: RunStats, stage: ParseStage | None, complete, halt: _Halt) -> None:
-    """Take every result of one engine.fetch() call: to the parse stage, or straight to a record."""
-    while True:
-        halt.check()
-        try:
-            result = next(results)
-        except StopIteration as finished:
-            if isinstance(finished.value, dict):
-                stats.engine_stats = finished.value
-            return
-        stats.returned()
-        if stage and wants_parse(result):
-            stage.submit(result)
-        else:
-            complete(result)

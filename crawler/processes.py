@@ -28,16 +28,28 @@ Who uses what:
   workers above have exited.
 * Dask's LocalCluster worker processes follow their parent by themselves
   (``distributed.process.AsyncProcess`` watches a pipe the same way).
+
+And every process a run starts leaves the parent's main *script* alone
+(:func:`script_main_hidden`): a ``spawn`` or ``forkserver`` child runs the
+parent's ``__main__`` file again before its task, which kills the child of a
+script that calls :func:`crawler.crawl` without an ``if __name__ ==
+"__main__":`` guard, and costs every worker of ``crawl`` an import of the
+CLI.  Our children need nothing from ``__main__``: their work is in
+``crawler`` and its plugins.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
 import multiprocessing
 import multiprocessing.connection
 import os
+import sys
 import threading
+from typing import Iterator
 
-__all__ = ["exit_on_eof", "follow_parent"]
+__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "script_main_hidden", "show_script_main"]
 
 # The exit code of a process that ended because its parent was gone.
 PARENT_GONE_EXIT = 1
@@ -103,3 +115,47 @@ def _watch(wait, code: int) -> None:
         os._exit(code)
 
     threading.Thread(target=run, name="crawl-exit-with-parent", daemon=True).start()
+
+
+_main_lock = threading.Lock()
+_main_hiders = 0
+_main_spec_kept: tuple | None = None
+
+
+def hide_script_main() -> None:
+    """Until the matching :func:`show_script_main`, started processes do not run the main script.
+
+    ``multiprocessing`` tells a child to run ``__main__`` again by its file
+    (``init_main_from_path``) only when ``__main__`` has no module spec, i.e.
+    for a script; it skips a main module named ``__main__``.  So meanwhile a
+    script's ``__main__`` gets that spec (calls nest: the first hides, the
+    last shows).  A REPL, a notebook and ``python -m`` have nothing to hide.
+    """
+    global _main_hiders, _main_spec_kept
+    main = sys.modules.get("__main__")
+    with _main_lock:
+        _main_hiders += 1
+        if _main_hiders == 1 and getattr(main, "__file__", None) and getattr(main, "__spec__", None) is None:
+            _main_spec_kept = (main, main.__spec__)
+            main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+
+
+def show_script_main() -> None:
+    """Undo one :func:`hide_script_main`: the last one gives ``__main__`` its own spec back."""
+    global _main_hiders, _main_spec_kept
+    with _main_lock:
+        _main_hiders -= 1
+        if _main_hiders == 0 and _main_spec_kept is not None:
+            main, spec = _main_spec_kept
+            main.__spec__ = spec
+            _main_spec_kept = None
+
+
+@contextlib.contextmanager
+def script_main_hidden() -> Iterator[None]:
+    """Processes started inside this block do not run the parent's main script (see :func:`hide_script_main`)."""
+    hide_script_main()
+    try:
+        yield
+    finally:
+        show_script_main()

@@ -47,7 +47,6 @@ records and works around it.
 
 from __future__ import annotations
 
-import ast
 import collections
 import itertools
 import multiprocessing
@@ -55,11 +54,9 @@ import multiprocessing.pool
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Generator, Iterable, Iterator
 
 import crawler
@@ -133,42 +130,9 @@ def _preload_in_forkserver() -> None:
     from multiprocessing import forkserver
 
     current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-    wanted = current + [name for name in [__name__, _CLIENT_MODULE, *_main_script_imports()] if name not in current]
+    wanted = current + [name for name in [__name__, _CLIENT_MODULE] if name not in current]
     if wanted != current:
         multiprocessing.get_context("forkserver").set_forkserver_preload(wanted)
-
-
-def _main_script_imports() -> list[str]:
-    """Modules the parent's main *script* imports at its top level (e.g. ``crawler.cli`` for ``crawl``).
-
-    Before CPython's fix for gh-126631 / gh-137996 (3.14, late 3.13 releases;
-    3.11 and 3.12 keep the bug) the forkserver never preloads ``__main__``
-    although it is in its list: every child process runs the main script
-    again.  For the ``crawl`` console script that means
-    importing the CLI (typer, rich; ~0.15 s of CPU) in each of 32 workers.
-    With the script's own imports preloaded in the server, that re-run finds
-    them imported and costs next to nothing.  Only modules the parent has
-    already imported are listed; a ``python -m`` run is not concerned (a
-    child skips a ``__main__`` that is a package's ``__main__``).  A module
-    the forkserver cannot import (on 3.11 it ignores the parent's
-    ``sys.path`` changes, gh-117378) is skipped there and imported by each
-    child instead: slower, still correct.
-    """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path or getattr(main, "__spec__", None) is not None:
-        return []
-    try:
-        tree = ast.parse(Path(path).read_bytes())
-    except (OSError, SyntaxError, ValueError):
-        return []
-    names: list[str] = []
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.append(node.module)
-    return [name for name in dict.fromkeys(names) if name in sys.modules]
 
 
 _preload_in_forkserver()

@@ -57,7 +57,10 @@ class _Deadlines:
                 while self._heap and not self._heap[0][2].active:
                     heapq.heappop(self._heap)
                 if not self._heap:
-                    self._cond.wait()
+                    # idle: end, so that no thread outlives the crawl (add() starts a new one)
+                    if not self._cond.wait(IDLE_EXIT_S) and not self._heap:
+                        self._thread = None
+                        return
                     continue
                 wait = self._heap[0][0] - time.monotonic()
                 if wait > 0:
@@ -65,6 +68,9 @@ class _Deadlines:
                     continue
                 heapq.heappop(self._heap)[2].expire()
 
+
+# Seconds the deadline thread waits with no request to watch before it ends.
+IDLE_EXIT_S = 1.0
 
 _deadlines = _Deadlines()
 _current = threading.local()  # the guard of the request this thread is making

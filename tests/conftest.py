@@ -35,6 +35,12 @@ def build_app(hits: Counter) -> web.Application:
         hits[request.path] += 1
         return web.Response(body=html_page(request.match_info["name"]), content_type="text/html")
 
+    @routes.get("/links/{n}")
+    async def links(request):
+        n = int(request.match_info["n"])
+        anchors = "".join(f'<a href="/page/link-{i}">{i}</a>' for i in range(n))
+        return web.Response(body=html_page(f"links-{n}", anchors), content_type="text/html")
+
     @routes.get("/status/{code}")
     async def status(request):
         code = int(request.match_info["code"])
