@@ -32,32 +32,7 @@ from typing import Iterator
 
 from .errors import CrawlerError, OutputError
 
-RECORD_KEYS = (
-    "engine",
-    "url",
-    "final_url",
-    "ok",
-    "status",
-    "error",
-    "detail",
-    "bytes",
-    "fetch_ms",
-    "content_type",
-    "title",
-    "links",
-    "words",
-    "simhash",
-    "sha256",
-    "depth",
-    "parent",
-)
-# With --record-links, records carry one more key, last: the page's link URLs (SPEC §6).
-LINKS_KEY = "link_urls"
-
-
-def record_keys(record_links: bool = False) -> tuple[str, ...]:
-    """The keys of every record, in order: :data:`RECORD_KEYS`, and ``link_urls`` with ``--record-links``."""
-    return RECORD_KEYS + (LINKS_KEY,) if record_links else RECORD_KEYS
+from .records import LINKS_KEY, RECORD_KEYS, record_keys  # noqa: F401  (where the writers and --resume find them)
 
 STDOUT = "-"  # ``--out -``: JSON Lines on standard output
 SQLITE_MAGIC = b"SQLite format 3\x00"

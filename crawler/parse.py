@@ -26,6 +26,7 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 import numpy as np
 
 from .processes import follow_parent
+from .records import PARSE_FIELDS, unparsed_fields  # noqa: F401  (PARSE_FIELDS: what parse_page returns)
 
 try:
     from selectolax.lexbor import LexborHTMLParser as _HTMLParser
@@ -41,7 +42,6 @@ __all__ = [
     "simhash_words",
 ]
 
-PARSE_FIELDS = ("title", "links", "words", "simhash", "sha256")
 
 _HTML_MEDIA_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _SNIFF_BYTES = 1024
@@ -349,16 +349,6 @@ def _visible_words(tree) -> list[str]:
     return _words(scope.text(separator=" "))
 
 
-def _empty_record(body: bytes) -> dict:
-    return {
-        "title": None,
-        "links": None,
-        "words": None,
-        "simhash": None,
-        "sha256": hashlib.sha256(body).hexdigest(),
-    }
-
-
 def parse_page(url: str, body: bytes, content_type: str | None, want_links: bool = False) -> dict:
     """The parse fields of one fetched page (keys: :data:`PARSE_FIELDS`).
 
@@ -366,7 +356,7 @@ def parse_page(url: str, body: bytes, content_type: str | None, want_links: bool
     ``want_links``, the distinct absolute link URLs themselves come back
     too, under ``"link_urls"`` (for following links; not a record field).
     """
-    record = _empty_record(body)
+    record = unparsed_fields(body)
     if not is_html(content_type, body):
         return record
     tree = _HTMLParser(decode_html(body, content_type))

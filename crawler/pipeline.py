@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import itertools
 import os
 import threading
@@ -24,7 +23,7 @@ from .engines import Engine, FetchResult, Settings
 from .errors import CrawlerError, OutputError
 from .fetching import default_user_agent
 from .frontier import Frontier
-from .outputs import record_keys
+from .records import make_record
 from .parse_stage import ParseStage
 from .politeness import HostGate, shared_gate
 from .processes import hide_script_main, show_script_main
@@ -46,44 +45,6 @@ class RunOptions:
     same_host: bool = True  # follow only links to the host of the page they are on
     max_pages: int | None = None  # queue links only while records + queued stay within this
     record_links: bool = False  # records carry link_urls, the page's links (SPEC §6)
-
-
-def make_record(
-    engine: str,
-    result: FetchResult,
-    parsed: dict | None = None,
-    parse_error: str | None = None,
-    depth: int = 0,
-    parent: str | None = None,
-    record_links: bool = False,
-) -> dict:
-    """The SPEC §6 record of one URL; with ``record_links``, ``link_urls`` too (None when the page was not parsed)."""
-    got_body = result.status is not None and result.error != "too_large"
-    fields = parsed or {}
-    record = {
-        "engine": engine,
-        "url": result.url,
-        "final_url": result.final_url,
-        "ok": result.ok and parse_error is None,
-        "status": result.status,
-        "error": "parse" if parse_error and result.error is None else result.error,
-        "detail": parse_error if parse_error and result.error is None else result.detail,
-        "bytes": len(result.body) if result.size is None else result.size,
-        "fetch_ms": round(result.elapsed * 1000, 2),
-        "content_type": result.content_type,
-        "title": fields.get("title"),
-        "links": fields.get("links"),
-        "words": fields.get("words"),
-        "simhash": fields.get("simhash"),
-        "sha256": fields.get("sha256") or (hashlib.sha256(result.body).hexdigest() if got_body else None),
-        "depth": depth,
-        "parent": parent,
-    }
-    if record_links:
-        links = fields.get("link_urls")
-        record["link_urls"] = list(links) if links is not None else None
-    assert tuple(record) == record_keys(record_links)
-    return record
 
 
 def wants_parse(result: FetchResult) -> bool:

@@ -85,6 +85,7 @@ from typing import Iterable, Iterator
 import crawler
 from crawler.errors import CrawlerError
 from crawler.politeness import HostGate
+from crawler.records import has_body, unparsed_fields
 
 INSTALL_HINT = "pip install 'crawler[dask]'"
 
@@ -822,10 +823,8 @@ def _run_batch(
                 fields = outcome  # sha256 included
             else:  # the local parse stage writes such a page as error "parse", the message as detail
                 error, detail = "parse", outcome
-        if fields is None:  # not parsed: the parse fields null, the body's hash as crawler.pipeline.make_record has it
-            got_body = result.status is not None and result.error != "too_large"
-            fields = {"title": None, "links": None, "words": None, "simhash": None,
-                      "sha256": hashlib.sha256(body).hexdigest() if got_body else None}  # fmt: skip
+        if fields is None:  # not parsed: the fields the client's make_record would give it
+            fields = unparsed_fields(body if has_body(result) else None)
         results.append(
             dataclasses.replace(
                 result,
