@@ -99,6 +99,11 @@ class Engine(Protocol):
 
 # Optional parts of an engine, read with getattr():
 #
+# ``options: Mapping[str, str]`` -- the ``--engine-opt`` keys the engine reads
+#   from ``settings.engine_options``, each with a one-line description.  A key
+#   that no engine of the run declares is a usage error (a misspelt option is
+#   never silently ignored); ``--list-engines`` shows them.
+#
 # ``unavailable: str | None`` -- set when the engine cannot run here (a missing
 #   optional dependency), to the reason and the fix, e.g. "pip install
 #   'crawler[dask]'".  ``--list-engines`` shows it, ``-e all`` skips the engine
