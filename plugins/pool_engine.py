@@ -64,10 +64,10 @@ from crawler.errors import CrawlerError
 from crawler.fetching import describe, fetch_plan, run_blocking
 from crawler.processes import follow_parent
 
-# requests (through requests_exchange) is imported by the workers, where it
-# is used, and once by the forkserver for all of them (_preload_in_forkserver):
-# not by `crawl --list-engines`.
-_CLIENT_MODULE = __name__.rpartition(".")[0] + ".requests_exchange"
+# requests (through crawler.requests_exchange) is imported by the workers,
+# where it is used, and once by the forkserver for all of them
+# (_preload_in_forkserver): not by `crawl --list-engines`.
+_CLIENT_MODULE = "crawler.requests_exchange"
 
 # Largest number of URLs per task (our own batches: with Pool's chunksize > 1,
 # imap_unordered returns a plain generator, without the next(timeout) that the
@@ -145,7 +145,7 @@ _preload_in_forkserver()
 class _WorkerState:
     settings: crawler.Settings
     session: object
-    exchange: object  # requests_exchange.exchange
+    exchange: object  # crawler.requests_exchange.exchange
     verify: "bool | str"
     state: object  # the pool's shared array: [retired flag, one int per task slot]
     pid: int
@@ -159,7 +159,7 @@ def _init_worker(settings: crawler.Settings, state) -> None:
     # then terminates the pool), so a worker does not die with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _worker
-    from . import requests_exchange
+    from crawler import requests_exchange
 
     _worker = _WorkerState(
         settings, requests_exchange.new_session(), requests_exchange.exchange, settings.ca_file or True, state, os.getpid()

@@ -19,7 +19,7 @@ class ThreadsEngine:
     description = "ThreadPoolExecutor + requests, a Session per thread"
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
-        from . import requests_exchange  # requests is imported when fetching, not when listing engines
+        from crawler import requests_exchange  # requests is imported when fetching, not when listing engines
 
         local = threading.local()
         sessions: list = []  # one per thread, to wake them when the crawl stops early
