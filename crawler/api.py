@@ -187,12 +187,13 @@ def compare(
 
 
 def _engines(options: Options, names: list[str]) -> list:
-    from .plugins import get_engines, get_plugin_manager
+    from .plugins import check_engine_options, get_engines, get_plugin_manager
 
     skipped: list[str] = []
     found = get_engines(get_plugin_manager(list(options.plugin)), names, skipped)
     for note in skipped:
         log.warning("skipping %s", note)
+    check_engine_options(found, options.engine_opts)
     return found
 
 

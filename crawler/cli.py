@@ -10,13 +10,15 @@ a plugin or a user typed made terminal-safe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import os
 import shutil
 import signal
 import sys
 import tempfile
-from typing import Annotated, Callable, Iterator, Optional
+import types
+from typing import TYPE_CHECKING, Annotated, Callable, Iterator, Optional
 
 import typer
 from typer.core import TyperCommand
@@ -28,6 +30,9 @@ except ImportError:  # pragma: no cover - older typer on real click
 
 from . import __version__
 from .errors import CrawlerError, OutputError
+
+if TYPE_CHECKING:
+    from .api import Options
 
 # Everything else is imported where it is used: `crawl --version` and
 # `--help` load typer and nothing of the crawler's (no engine client, numpy,
@@ -200,142 +205,120 @@ def crawl(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """Fetch URLS_FILE with one or more concurrency engines, parse every page, report throughput."""
-    from .plugins import engines as registered_engines
-    from .plugins import get_engines, get_plugin_manager
-    from .text import terminal_safe
-
+    args = _Args(**{name: value for name, value in locals().items() if name != "version"})
     if list_engines:
-        try:
-            pm = get_plugin_manager(plugin or [])
-            for name, found in registered_engines(pm).items():
-                reason = getattr(found, "unavailable", None)
-                line = f"{name:10} {found.description}" + (f" [unavailable: {reason}]" if reason else "")
-                typer.echo(terminal_safe(line))
-        except CrawlerError as exc:
-            _error(str(exc))
-            raise typer.Exit(ExitCode.USAGE) from None
-        return
-
-    from rich.console import Console
-
-    from .engines import Settings
-    from .fetching import default_user_agent
-    from .frontier import state_path
-    from .outputs import STDOUT, CompletedUrls, check_outputs, drop_torn_tail, open_writer, record_keys
-    from .pipeline import RunOptions, run_engine
-    from .report import build_report, render_sweep, render_table, write_report
-    from .urls import count_url_lines
-
-    records_to_stdout = out == STDOUT  # then the report goes to stderr, beside the progress
-    stdout = Console(soft_wrap=False, stderr=records_to_stdout)
+        raise typer.Exit(_list_engines(args.plugin or []))
     try:
-        pm = get_plugin_manager(plugin or [])
-        skipped: list[str] = []
-        chosen = get_engines(pm, engine or ["asyncio"], skipped)
-        for note in skipped:
-            typer.echo(terminal_safe(f"crawl: skipping {note}"), err=True)
-        if demo == (urls_file is not None or bool(sitemap)):
-            raise CrawlerError("give a URLS_FILE (or --sitemap URL) or --demo (one of the two)")
-        levels = _concurrency_levels(concurrency)
-        if plot:
-            from .plot import check_plot_path
-
-            check_plot_path(plot)
-        settings = Settings(
-            concurrency=levels[0],
-            timeout=timeout,
-            retries=retries,
-            max_bytes=max_bytes,
-            user_agent=user_agent or default_user_agent(),
-            ca_file=ca_file,
-            engine_options=_engine_options(engine_opt or []),
-            per_host=per_host,
-            delay=delay,
-            robots=robots,
-        )
-        options = RunOptions(
-            parse=not no_parse,
-            parse_workers=parse_workers,
-            parse_timeout=parse_timeout,
-            depth=depth,
-            same_host=same_host,
-            max_pages=max_pages,
-            record_links=record_links,
-        )
-        if depth and no_parse:
-            raise CrawlerError("--depth follows the links the parse stage finds: it cannot go with --no-parse")
-        if resume and not out:
-            raise CrawlerError("--resume needs --out PATH: the file whose records say what is done")
-        if resume and records_to_stdout:
-            raise CrawlerError("--resume reads back what --out wrote: give a file, not '-' (stdout)")
-        if report == STDOUT:
-            raise CrawlerError("--report writes a file; --json prints the report on stdout")
-        if ca_file and not os.path.isfile(ca_file):
-            raise CrawlerError(f"CA file not found: {ca_file}")
-        check_outputs(urls_file, {"--out": out, "--report": report, "--plot": plot}, resume=resume)
+        job = _prepare(args)
     except CrawlerError as exc:
         _error(str(exc))
         raise typer.Exit(ExitCode.USAGE) from None
-
     summaries: list[dict] = []
-    code = ExitCode.OK
+    code = _run_job(job, summaries)
+    if summaries:
+        code = _present(job, summaries, code)
+    raise typer.Exit(code)
+
+
+class _Args(types.SimpleNamespace):
+    """The command line's values, by option name (``crawl``'s parameters)."""
+
+
+@dataclasses.dataclass
+class _Job:
+    """What a valid command line asks for: engines, levels, options, and where everything goes."""
+
+    args: _Args
+    chosen: list
+    levels: list[int]
+    options: "Options"
+    records_to_stdout: bool
+
+    @property
+    def sweep(self) -> bool:
+        return len(self.levels) > 1
+
+
+def _list_engines(plugin: list[str]) -> ExitCode:
+    from .plugins import engines, get_plugin_manager
+    from .text import terminal_safe
+
+    try:
+        for name, found in engines(get_plugin_manager(plugin)).items():
+            reason = getattr(found, "unavailable", None)
+            keys = ", ".join(getattr(found, "options", None) or {})
+            line = f"{name:10} {found.description}" + (f" [--engine-opt {keys}]" if keys else "")
+            typer.echo(terminal_safe(line + (f" [unavailable: {reason}]" if reason else "")))
+    except CrawlerError as exc:
+        _error(str(exc))
+        return ExitCode.USAGE
+    return ExitCode.OK
+
+
+def _prepare(args: _Args) -> _Job:
+    """Check the command line before anything is fetched or opened for writing (a CrawlerError: exit 2)."""
+    from .api import Options
+    from .outputs import STDOUT, check_outputs
+    from .plugins import check_engine_options, get_engines, get_plugin_manager
+    from .text import terminal_safe
+
+    skipped: list[str] = []
+    chosen = get_engines(get_plugin_manager(args.plugin or []), args.engine or ["asyncio"], skipped)
+    for note in skipped:
+        typer.echo(terminal_safe(f"crawl: skipping {note}"), err=True)
+    if args.demo == (args.urls_file is not None or bool(args.sitemap)):
+        raise CrawlerError("give a URLS_FILE (or --sitemap URL) or --demo (one of the two)")
+    levels = _concurrency_levels(args.concurrency)
+    engine_opts = _engine_options(args.engine_opt or [])
+    check_engine_options(chosen, engine_opts)
+    if args.plot:
+        from .plot import check_plot_path
+
+        check_plot_path(args.plot)
+    refusals = [
+        (args.depth and args.no_parse, "--depth follows the links the parse stage finds: it cannot go with --no-parse"),
+        (args.resume and not args.out, "--resume needs --out PATH: the file whose records say what is done"),
+        (args.resume and args.out == STDOUT, "--resume reads back what --out wrote: give a file, not '-' (stdout)"),
+        (args.report == STDOUT, "--report writes a file; --json prints the report on stdout"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise CrawlerError(message)
+    options = Options(
+        concurrency=levels, timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes, parse=not args.no_parse,
+        parse_workers=args.parse_workers, parse_timeout=args.parse_timeout, depth=args.depth, same_host=args.same_host,
+        max_pages=args.max_pages, record_links=args.record_links, per_host=args.per_host, delay=args.delay,
+        robots=args.robots, user_agent=args.user_agent, ca_file=args.ca_file, engine_opts=engine_opts,
+        sitemap=tuple(args.sitemap or ()), plugin=tuple(args.plugin or ()),
+    )  # fmt: skip
+    options.check()
+    check_outputs(args.urls_file, {"--out": args.out, "--report": args.report, "--plot": args.plot}, resume=args.resume)
+    return _Job(args, chosen, levels, options, records_to_stdout=args.out == STDOUT)
+
+
+def _run_job(job: _Job, summaries: list[dict]) -> ExitCode:
+    """Every engine at every level, records to ``--out``; each run's summary into ``summaries``."""
+    from .text import terminal_safe
+
     previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = ExitCode.OK
     try:
         with contextlib.ExitStack() as stack:
-            if demo:
-                from .site import demo_port_to_resume, serve_in_subprocess
-
-                port = demo_port_to_resume(out, [e.name for e in chosen]) if resume else 0  # its URLs name the port
-                try:
-                    site = stack.enter_context(serve_in_subprocess(pages=demo_pages, delay=demo_delay, mean_kb=demo_page_kb, port=port))
-                except RuntimeError as exc:
-                    if not port:
-                        raise
-                    raise CrawlerError(
-                        f"--demo --resume: the demo site must listen on 127.0.0.1:{port} again, as in the run being resumed, "
-                        f"and cannot ({str(exc).splitlines()[0]}); free that port, or crawl again without --resume"
-                    ) from None
-                sources: Callable[[], Iterator[str]] = site.urls
-                total: int | None = demo_pages
-                exclude = frozenset({site.process.pid})
-            else:
-                sources = stack.enter_context(_url_sources(urls_file, several=len(chosen) > 1)) if urls_file else (lambda: iter(()))
-                total, exclude = None, frozenset()
-            if resume:
-                drop_torn_tail(out)
-            writer = open_writer(out, append=resume, keys=record_keys(record_links))
+            sources, total, exclude = _sources(job, stack)
+            writer = _open_records(job)
             stack.callback(writer.close)
-            progress = stack.enter_context(_progress(quiet))
-            if progress is not None and total is None and urls_file and urls_file != "-":
-                total = count_url_lines(urls_file)  # one streaming pass, for the ETA
-            sweep = len(levels) > 1
-            for level, selected in ((level, selected) for level in levels for selected in chosen):
-                run_settings = settings.replace(concurrency=level)
-                label = f"{selected.name} c={level}" if sweep else selected.name
-                done = CompletedUrls(out, selected.name) if resume else None
-                task = advance = None
-                if progress is not None:
-                    expected = None if total is None or depth else max(total - (len(done) if done else 0), 0)
-                    task = progress.add_task(terminal_safe(label), total=expected, failed=0, rate="")
-                    advance = _advancer(progress, task)
-                try:
-                    stats = run_engine(
-                        selected, sources(), run_settings, options, writer.write, advance, exclude, done.take if done else None,
-                        state=state_path(out, selected.name) if depth and out and not records_to_stdout else None,
-                        resume=resume, sitemaps=sitemap or (), notify=lambda line: typer.echo(terminal_safe(f"crawl: {line}"), err=True),
-                    )  # fmt: skip
-                except BaseException as exc:
-                    if hasattr(exc, "run_stats"):
-                        summaries.append(dict(exc.run_stats.summary(), sweep=sweep))
-                    raise
-                finally:
-                    if task is not None:  # its clock stops now, not when the last engine ends
-                        progress.update(task, total=progress.tasks[task].completed)
-                        progress.stop_task(task)
-                summaries.append(dict(stats.summary(), sweep=sweep))
-                if stats.accounting_error:
-                    typer.secho(terminal_safe(f"crawl: BUG: {label}: {stats.accounting_error}"), err=True, fg="red", bold=True)
-                    code = ExitCode.FAILED
+            progress = stack.enter_context(_progress(job.args.quiet))
+            if progress is not None and total is None and job.args.urls_file not in (None, "-"):
+                from .urls import count_url_lines
+
+                total = count_url_lines(job.args.urls_file)  # one streaming pass, for the ETA
+            for level in job.levels:
+                for engine in job.chosen:
+                    stats = _run_one(job, engine, level, sources, writer, progress, total, exclude, summaries)
+                    if stats.accounting_error:
+                        message = f"crawl: BUG: {_label(job, engine, level)}: {stats.accounting_error}"
+                        typer.secho(terminal_safe(message), err=True, fg="red", bold=True)
+                        code = ExitCode.FAILED
     except OutputError as exc:  # mid-run: what was written stays, the report is still printed
         _error(str(exc))
         code = ExitCode.FAILED
@@ -352,36 +335,117 @@ def crawl(
                 signal.signal(sig, handler)
     if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
         typer.echo("crawl: interrupted; the report covers what completed", err=True)
-    if summaries:
-        extra = {"demo": demo, "urls_file": urls_file, "concurrency_levels": levels}
-        if demo:
-            extra.update(demo_pages=demo_pages, demo_delay=demo_delay, demo_page_kb=demo_page_kb)
-        document = build_report(summaries, settings, options, extra, latency_s=demo_delay if demo else None)
-        if report:
-            try:
-                write_report(document, report)
-            except OSError as exc:
-                _error(f"cannot write {report}: {exc.strerror or exc}")
-                code = code or ExitCode.FAILED
-        if json_report:
-            import json
+    return code
 
-            typer.echo(json.dumps(document, indent=2), err=records_to_stdout)
-        elif len(levels) > 1:
-            render_sweep(document, stdout)
+
+def _sources(job: _Job, stack: contextlib.ExitStack) -> tuple[Callable[[], Iterator[str]], int | None, frozenset[int]]:
+    """A fresh URL iterator per engine run, the URL count when known, and the pids that are not the run's (the demo site)."""
+    args = job.args
+    if not args.demo:
+        if args.urls_file is None:  # --sitemap alone
+            return (lambda: iter(())), None, frozenset()
+        return stack.enter_context(_url_sources(args.urls_file, several=len(job.chosen) * len(job.levels) > 1)), None, frozenset()
+    from .site import demo_port_to_resume, serve_in_subprocess
+
+    port = demo_port_to_resume(args.out, [e.name for e in job.chosen]) if args.resume else 0  # its URLs name the port
+    try:
+        site = stack.enter_context(
+            serve_in_subprocess(pages=args.demo_pages, delay=args.demo_delay, mean_kb=args.demo_page_kb, port=port)
+        )
+    except RuntimeError as exc:
+        if not port:
+            raise
+        raise CrawlerError(
+            f"--demo --resume: the demo site must listen on 127.0.0.1:{port} again, as in the run being resumed, "
+            f"and cannot ({str(exc).splitlines()[0]}); free that port, or crawl again without --resume"
+        ) from None
+    return site.urls, args.demo_pages, frozenset({site.process.pid})
+
+
+def _open_records(job: _Job):
+    from .outputs import drop_torn_tail, open_writer, record_keys
+
+    if job.args.resume:
+        drop_torn_tail(job.args.out)
+    return open_writer(job.args.out, append=job.args.resume, keys=record_keys(job.args.record_links))
+
+
+def _label(job: _Job, engine, level: int) -> str:
+    return f"{engine.name} c={level}" if job.sweep else engine.name
+
+
+def _run_one(job: _Job, engine, level: int, sources, writer, progress, total, exclude, summaries: list[dict]):
+    """One engine at one level: its records written, its progress line, its summary kept (also when stopped)."""
+    from .frontier import state_path
+    from .outputs import CompletedUrls
+    from .pipeline import run_engine
+    from .text import terminal_safe
+
+    args = job.args
+    done = CompletedUrls(args.out, engine.name) if args.resume else None
+    task = advance = None
+    if progress is not None:
+        expected = None if total is None or args.depth else max(total - (len(done) if done else 0), 0)
+        task = progress.add_task(terminal_safe(_label(job, engine, level)), total=expected, failed=0, rate="")
+        advance = _advancer(progress, task)
+    deep_file = args.depth and args.out and not job.records_to_stdout
+    try:
+        stats = run_engine(
+            engine, sources(), job.options.settings().replace(concurrency=level), job.options.run_options(), writer.write,
+            advance, exclude, done.take if done else None, state=state_path(args.out, engine.name) if deep_file else None,
+            resume=args.resume, sitemaps=job.options.sitemap, notify=lambda line: typer.echo(terminal_safe(f"crawl: {line}"), err=True),
+        )  # fmt: skip
+    except BaseException as exc:
+        if hasattr(exc, "run_stats"):
+            summaries.append(dict(exc.run_stats.summary(), sweep=job.sweep))
+        raise
+    finally:
+        if task is not None:  # its clock stops now, not when the last engine ends
+            progress.update(task, total=progress.tasks[task].completed)
+            progress.stop_task(task)
+    summaries.append(dict(stats.summary(), sweep=job.sweep))
+    return stats
+
+
+def _present(job: _Job, summaries: list[dict], code: ExitCode) -> ExitCode:
+    """The report: to ``--report``, as a table or JSON, and as a chart; a file that cannot be written is exit 1."""
+    from rich.console import Console
+
+    from .report import build_report, render_sweep, render_table, write_report
+    from .text import terminal_safe
+
+    args = job.args
+    extra = {"demo": args.demo, "urls_file": args.urls_file, "concurrency_levels": job.levels}
+    if args.demo:
+        extra.update(demo_pages=args.demo_pages, demo_delay=args.demo_delay, demo_page_kb=args.demo_page_kb)
+    settings, options = job.options.settings(), job.options.run_options()
+    document = build_report(summaries, settings, options, extra, latency_s=args.demo_delay if args.demo else None)
+    if args.report:
+        try:
+            write_report(document, args.report)
+        except OSError as exc:
+            _error(f"cannot write {args.report}: {exc.strerror or exc}")
+            code = code or ExitCode.FAILED
+    console = Console(soft_wrap=False, stderr=job.records_to_stdout)  # with records on stdout, the report goes beside the progress
+    if args.json_report:
+        import json
+
+        typer.echo(json.dumps(document, indent=2), err=job.records_to_stdout)
+    elif job.sweep:
+        render_sweep(document, console)
+    else:
+        render_table(document, console)
+    if args.plot:
+        from .plot import draw
+
+        try:
+            draw(document, args.plot)
+        except Exception as exc:  # a full disk, or matplotlib refusing: one line, not a traceback
+            _error(f"cannot write {args.plot}: {getattr(exc, 'strerror', None) or exc}")
+            code = code or ExitCode.FAILED
         else:
-            render_table(document, stdout)
-        if plot:
-            from .plot import draw
-
-            try:
-                draw(document, plot)
-            except Exception as exc:  # a full disk, or matplotlib refusing: one line, not a traceback
-                _error(f"cannot write {plot}: {getattr(exc, 'strerror', None) or exc}")
-                code = code or ExitCode.FAILED
-            else:
-                typer.echo(terminal_safe(f"crawl: chart written to {plot}"), err=True)
-    raise typer.Exit(code)
+            typer.echo(terminal_safe(f"crawl: chart written to {args.plot}"), err=True)
+    return code
 
 
 def _error(message: str) -> None:

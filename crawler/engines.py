@@ -102,7 +102,9 @@ class Engine(Protocol):
 # ``options: Mapping[str, str]`` -- the ``--engine-opt`` keys the engine reads
 #   from ``settings.engine_options``, each with a one-line description.  A key
 #   that no engine of the run declares is a usage error (a misspelt option is
-#   never silently ignored); ``--list-engines`` shows them.
+#   never silently ignored); ``--list-engines`` shows them.  An engine that
+#   reads none declares ``options = {}``; one without the attribute may read
+#   any key, so a run that includes it cannot refuse one.
 #
 # ``unavailable: str | None`` -- set when the engine cannot run here (a missing
 #   optional dependency), to the reason and the fix, e.g. "pip install

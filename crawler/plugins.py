@@ -10,13 +10,13 @@ import importlib
 import os
 import re
 import sys
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import pluggy
 
 from . import hookspecs
 from .engines import Engine
-from .errors import DuplicateEngineError, EngineUnavailableError, PluginError, UnknownEngineError
+from .errors import CrawlerError, DuplicateEngineError, EngineUnavailableError, PluginError, UnknownEngineError
 
 ENTRY_POINT_GROUP = "crawler"
 ENGINE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # SPEC §3: nothing a terminal or a markup parser could act on
@@ -88,8 +88,12 @@ def engines(pm: pluggy.PluginManager) -> dict[str, Engine]:
     found: dict[str, Engine] = {}
     owners: dict[str, str] = {}
     for impl in pm.hook.crawler_engines.get_hookimpls():  # registration order
+        # one plugin at a time, to know whose engines these are; through the hook, so that
+        # CRAWLER_TRACE_PLUGINS traces the call
+        others = [plugin for plugin in pm.get_plugins() if plugin is not impl.plugin]
         try:
-            offered = list(impl.function() or [])
+            [offered] = pm.subset_hook_caller("crawler_engines", others)() or [[]]
+            offered = list(offered or [])
         except Exception as exc:
             raise PluginError(f"plugin {impl.plugin_name}: crawler_engines() failed: {type(exc).__name__}: {exc}") from None
         for engine in offered:
@@ -138,3 +142,20 @@ def get_engines(pm: pluggy.PluginManager, names: Iterable[str], skipped: list[st
     if not chosen:
         raise UnknownEngineError("", list(known))
     return chosen
+
+
+def check_engine_options(chosen: Iterable[Engine], given: Mapping[str, str]) -> None:
+    """Refuse an ``--engine-opt`` key that no engine of the run reads (each declares its ``options``).
+
+    An engine without an ``options`` attribute (a plugin older than it) may
+    read any key: with one in the run, nothing can be refused.
+    """
+    chosen = list(chosen)
+    if any(getattr(engine, "options", None) is None for engine in chosen):
+        return
+    declared = {key: engine.name for engine in chosen for key in (getattr(engine, "options", None) or {})}
+    for key in given:
+        if key not in declared:
+            names = ", ".join(engine.name for engine in chosen)
+            keys = ", ".join(f"{k} ({declared[k]})" for k in sorted(declared)) or "none"
+            raise CrawlerError(f"--engine-opt {key}: no engine of this run ({names}) reads it; the keys they read: {keys}")

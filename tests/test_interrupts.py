@@ -199,7 +199,7 @@ def test_ctrl_c_does_not_wait_for_requests_hanging_on_a_silent_server(engine, se
     out, report = tmp_path / "r.jsonl", tmp_path / "r.json"
     # dask: one URL per batch, or the answered pages would wait in a batch with hanging ones
     process = crawl(tmp_path, str(urls), "-e", engine, "-c", "4", "--timeout", "600", "--no-robots", "--parse-workers", "1",
-                    "--engine-opt", "batch=1", "--out", str(out), "--report", str(report), "-q")  # fmt: skip
+                    *(["--engine-opt", "batch=1"] if engine == "dask" else []), "--out", str(out), "--report", str(report), "-q")  # fmt: skip
     assert wait_for(lambda: lines(out) > 0 and silent.connections, process=process), "no record, or no request to the silent server"
     time.sleep(0.3)  # let the other requests reach it too
     os.killpg(process.pid, signal.SIGINT)  # the whole process group, as a terminal's Ctrl-C does
