@@ -34,7 +34,7 @@ from test_politeness import watcher  # noqa: E402,F401  (the fixture, for the po
 import crawler  # noqa: E402
 from crawler.errors import CrawlerError  # noqa: E402
 from crawler.pipeline import RunOptions, make_record, run_engine  # noqa: E402
-from crawler_plugins import dask_engine  # noqa: E402
+from crawler_plugins.dask import run as dask_engine  # noqa: E402
 
 if not hasattr(conftest, "dask_scheduler"):  # until conftest has its own (see the patch in issue 7)
 

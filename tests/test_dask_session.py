@@ -13,7 +13,7 @@ from test_following import sites  # noqa: E402,F401  (the fixture)
 
 import crawler  # noqa: E402
 from crawler.pipeline import RunOptions, run_engine  # noqa: E402
-from crawler_plugins import dask_engine  # noqa: E402
+from crawler_plugins.dask import run as dask_engine  # noqa: E402
 
 
 def _children() -> set[int]:

@@ -704,7 +704,7 @@ def _worker_cpu_s() -> float:
     """User+sys CPU of this worker process so far; importing this module warms the worker up."""
     import psutil
 
-    from . import asyncio_engine  # noqa: F401  (imported now rather than in the first task)
+    from .. import asyncio_engine  # noqa: F401  (imported now rather than in the first task)
 
     times = psutil.Process().cpu_times()
     return times.user + times.system
@@ -799,7 +799,7 @@ def _run_batch(
     """One task: fetch ``urls`` here, parse each HTML page as it arrives, send back no body."""
     from crawler.parse import is_html, parse_batch
 
-    from .asyncio_engine import AsyncioEngine
+    from ..asyncio_engine import AsyncioEngine
 
     started = time.process_time()
     parse_pages, want_links = parse
