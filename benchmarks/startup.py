@@ -441,6 +441,50 @@ def _maps_have(pid: int, markers: tuple[str, ...]) -> set[str]:
     return {m for m in markers if m in text}
 
 
+def _sample_process(p, seen: dict[int, dict], root_pid: int, at_s: float, full: bool, read_maps: bool) -> tuple[float, float]:
+    """One process in one sample of :func:`tree_watcher`, taken ``at_s`` s into the run: its record in ``seen``
+    updated, its (RSS, USS) in MB for the tree's sums returned (USS only when ``full``, /proc/PID/maps read
+    when ``read_maps``); nothing for a process gone meanwhile, or between fork and exec."""
+    import psutil
+
+    rss = uss = 0.0
+    info = seen.get(p.pid)
+    try:
+        if info is None:
+            info = seen[p.pid] = {
+                "pid": p.pid, "ppid": p.ppid(), "cmdline": " ".join(p.cmdline()),
+                "first_seen_s": at_s, "libs": set(),
+                "rss_mb": 0.0, "uss_mb": 0.0, "hwm_mb": 0.0, "root": p.pid == root_pid,
+            }
+        root_cmdline = seen[root_pid]["cmdline"] if root_pid in seen else None
+        if not info["root"] and info["cmdline"] in ("", root_cmdline):
+            # Between fork and exec (a resource tracker, a forkserver starting): still
+            # the crawl's memory and libraries.  Figures count from the exec on.
+            info["cmdline"] = " ".join(p.cmdline())
+            if info["cmdline"] in ("", root_cmdline):
+                return rss, uss
+            info.update(libs=set(), rss_mb=0.0, uss_mb=0.0, hwm_mb=0.0, exec_seen_s=at_s)
+            info.pop("maps_read", None)
+        if not info["libs"] and "maps_read" not in info:
+            info["maps_read"] = True
+            info["libs"] |= _maps_have(p.pid, PARSE_MARKERS)
+        status = _status_mb(p.pid)
+        if status:
+            info["rss_mb"] = max(info["rss_mb"], status[0])
+            info["hwm_mb"] = max(info["hwm_mb"], status[1])
+            rss = status[0]
+        if full:
+            measured = p.memory_full_info().uss / 2**20
+            info["uss_mb"] = max(info["uss_mb"], measured)
+            uss = measured
+        if read_maps and len(info["libs"]) < len(PARSE_MARKERS):
+            info["libs"] |= _maps_have(p.pid, PARSE_MARKERS)
+        info["last_seen_s"] = at_s
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+    return rss, uss
+
+
 def tree_watcher(interval: float = SAMPLE_S, uss_every: int = 5, maps_every: int = 10):
     """A ``run_timed`` watcher: samples the crawl's process tree every ``interval`` s until it exits.
 
@@ -472,41 +516,10 @@ def tree_watcher(interval: float = SAMPLE_S, uss_every: int = 5, maps_every: int
             tree_rss = tree_uss = 0.0
             full = samples % uss_every == 0
             for p in [root, *kids]:
-                p = handles.setdefault(p.pid, p)
-                info = seen.get(p.pid)
-                try:
-                    if info is None:
-                        info = seen[p.pid] = {
-                            "pid": p.pid, "ppid": p.ppid(), "cmdline": " ".join(p.cmdline()),
-                            "first_seen_s": round(started - t0, 3), "libs": set(),
-                            "rss_mb": 0.0, "uss_mb": 0.0, "hwm_mb": 0.0, "root": p.pid == proc.pid,
-                        }
-                    root_cmdline = seen[proc.pid]["cmdline"] if proc.pid in seen else None
-                    if not info["root"] and info["cmdline"] in ("", root_cmdline):
-                        # Between fork and exec (a resource tracker, a forkserver starting): still
-                        # the crawl's memory and libraries.  Figures count from the exec on.
-                        info["cmdline"] = " ".join(p.cmdline())
-                        if info["cmdline"] in ("", root_cmdline):
-                            continue
-                        info.update(libs=set(), rss_mb=0.0, uss_mb=0.0, hwm_mb=0.0, exec_seen_s=round(started - t0, 3))
-                        info.pop("maps_read", None)
-                    if not info["libs"] and "maps_read" not in info:
-                        info["maps_read"] = True
-                        info["libs"] |= _maps_have(p.pid, PARSE_MARKERS)
-                    status = _status_mb(p.pid)
-                    if status:
-                        info["rss_mb"] = max(info["rss_mb"], status[0])
-                        info["hwm_mb"] = max(info["hwm_mb"], status[1])
-                        tree_rss += status[0]
-                    if full:
-                        uss = p.memory_full_info().uss / 2**20
-                        info["uss_mb"] = max(info["uss_mb"], uss)
-                        tree_uss += uss
-                    if samples % maps_every == 0 and len(info["libs"]) < len(PARSE_MARKERS):
-                        info["libs"] |= _maps_have(p.pid, PARSE_MARKERS)
-                    info["last_seen_s"] = round(started - t0, 3)
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    pass
+                rss, uss = _sample_process(handles.setdefault(p.pid, p), seen, proc.pid, round(started - t0, 3), full,
+                                           samples % maps_every == 0)
+                tree_rss += rss
+                tree_uss += uss
             peak_tree_rss = max(peak_tree_rss, tree_rss)
             if full:
                 peak_tree_uss = max(peak_tree_uss, tree_uss)

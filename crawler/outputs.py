@@ -399,35 +399,45 @@ def check_writable(option: str, path: str, resume: bool = False, sqlite: bool = 
     except OSError as exc:  # e.g. a path through a regular file: "Not a directory"
         raise refuse(_reason(exc)) from None
     if info is None:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.exists(parent):
-            raise refuse(f"no such directory: {parent}")
-        if not os.path.isdir(parent):
-            raise refuse(f"not a directory: {parent}")
-        try:  # the only sure test (root, read-only mounts, ACLs): create it, and remove it again
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except FileExistsError:  # a dangling symbolic link, or created meanwhile
-            if not os.access(parent, os.W_OK):
-                raise refuse("permission denied") from None
-            return
-        except OSError as exc:
-            raise refuse(_reason(exc)) from None
-        os.close(fd)
-        os.unlink(path)
+        _check_creatable(path, refuse)
         return
     if stat.S_ISDIR(info.st_mode):
         raise refuse("is a directory")
     if stat.S_ISREG(info.st_mode):
-        try:  # append mode, nothing written: the file is left exactly as it was
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)))
-            if resume:
-                os.close(os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
-        except OSError as exc:
-            raise refuse(_reason(exc)) from None
+        _check_regular_file(path, refuse, resume)
     elif not os.access(path, os.W_OK):  # a device or a pipe: opening it could block or act
         raise refuse("permission denied")
     if sqlite and stat.S_ISREG(info.st_mode) and info.st_size:
         _check_sqlite(path, refuse, resume)
+
+
+def _check_creatable(path: str, refuse) -> None:
+    """A path that does not exist: its directory exists, and the file can be created there (and is removed again)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(parent):
+        raise refuse(f"no such directory: {parent}")
+    if not os.path.isdir(parent):
+        raise refuse(f"not a directory: {parent}")
+    try:  # the only sure test (root, read-only mounts, ACLs): create it, and remove it again
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except FileExistsError:  # a dangling symbolic link, or created meanwhile
+        if not os.access(parent, os.W_OK):
+            raise refuse("permission denied") from None
+        return
+    except OSError as exc:
+        raise refuse(_reason(exc)) from None
+    os.close(fd)
+    os.unlink(path)
+
+
+def _check_regular_file(path: str, refuse, resume: bool) -> None:
+    """An existing file: it opens for appending (and, to ``resume``, for reading), left exactly as it was."""
+    try:  # append mode, nothing written: the file is left exactly as it was
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)))
+        if resume:
+            os.close(os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+    except OSError as exc:
+        raise refuse(_reason(exc)) from None
 
 
 def _check_sqlite(path: str, refuse, resume: bool) -> None:

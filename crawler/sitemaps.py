@@ -323,66 +323,86 @@ def expand_sitemaps(
     ``{"sitemaps": documents fetched, "pages": page URLs, "failures": failures}``.
     Closing it early closes the engine's iterator in progress.
     """
-    seen: set[str] = set()
-    counts = {"sitemaps": 0, "pages": 0, "failures": 0}
-
-    def not_fetched(url: str, parent: str | None, depth: int, why: str) -> SitemapFailure:
-        counts["failures"] += 1
-        return SitemapFailure(FetchResult(url=url, error="other", detail=f"sitemap: not fetched: {why}"), parent, depth)
-
+    expansion = _Expansion(max_bytes, max_sitemaps, max_depth)
     level: dict[str, str | None] = {}  # sitemap URL -> parent, in the order found
-    for source in sources:
-        source = source.strip()
-        if not source or source in seen:
-            continue
-        if len(seen) >= max_sitemaps:
-            yield not_fetched(source, None, 0, f"the limit of {max_sitemaps} sitemap documents is reached")
-            continue
-        seen.add(source)
-        level[source] = None
-
+    yield from expansion.queue_sources(sources, level)
     depth = 0
     while level:
         found: dict[str, str | None] = {}
         results = iter(fetch(list(level)))
         try:
             for result in results:
-                counts["sitemaps"] += 1
-                parent = level.get(result.url)
-                if result.final_url:
-                    seen.add(result.final_url)
-                if not result.ok:
-                    if result.error is None:  # a plugin's non-2xx (or no response) without a code
-                        code = "other" if result.status is None else "http_status"
-                        result = replace(result, error=code, detail=result.detail or f"HTTP {result.status}")
-                    counts["failures"] += 1
-                    yield SitemapFailure(result, parent, depth)
-                    continue
-                here = result.final_url or result.url
-                try:
-                    for kind, url in read_document(result, max_bytes):
-                        if kind == "page":
-                            counts["pages"] += 1
-                            yield PageURL(url, result.url)
-                        elif url in seen:
-                            continue  # fetched or queued already: an index loop, or listed twice
-                        elif depth + 1 > max_depth:
-                            yield not_fetched(url, here, depth + 1, f"more than {max_depth} levels of sitemap indexes")
-                        elif len(seen) >= max_sitemaps:
-                            yield not_fetched(url, here, depth + 1, f"the limit of {max_sitemaps} sitemap documents is reached")
-                        else:
-                            seen.add(url)
-                            found[url] = here
-                except SitemapError as exc:
-                    counts["failures"] += 1
-                    yield SitemapFailure(replace(result, error=exc.code, detail=exc.detail), parent, depth)
+                yield from expansion.read(result, level.get(result.url), depth, found)
         finally:
             close = getattr(results, "close", None)
             if close is not None:
                 close()
         level = found
         depth += 1
-    return counts
+    return expansion.counts
+
+
+class _Expansion:
+    """What one :func:`expand_sitemaps` call keeps: the sitemap URLs seen, its counts, its limits."""
+
+    def __init__(self, max_bytes: int, max_sitemaps: int, max_depth: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_sitemaps = max_sitemaps
+        self.max_depth = max_depth
+        self.seen: set[str] = set()
+        self.counts = {"sitemaps": 0, "pages": 0, "failures": 0}
+
+    def not_fetched(self, url: str, parent: str | None, depth: int, why: str) -> SitemapFailure:
+        self.counts["failures"] += 1
+        return SitemapFailure(FetchResult(url=url, error="other", detail=f"sitemap: not fetched: {why}"), parent, depth)
+
+    def queue_sources(self, sources: Iterable[str], level: dict[str, str | None]) -> Iterator[SitemapFailure]:
+        """Put the sources in ``level`` (the first to fetch), once each, up to the limit."""
+        for source in sources:
+            source = source.strip()
+            if not source or source in self.seen:
+                continue
+            if len(self.seen) >= self.max_sitemaps:
+                yield self.not_fetched(source, None, 0, f"the limit of {self.max_sitemaps} sitemap documents is reached")
+                continue
+            self.seen.add(source)
+            level[source] = None
+
+    def read(self, result: FetchResult, parent: str | None, depth: int, found: dict[str, str | None]) -> Iterator[SitemapEvent]:
+        """One fetched sitemap: its page URLs, its failure, and its sitemaps put in ``found`` (the next level)."""
+        self.counts["sitemaps"] += 1
+        if result.final_url:
+            self.seen.add(result.final_url)
+        if not result.ok:
+            if result.error is None:  # a plugin's non-2xx (or no response) without a code
+                code = "other" if result.status is None else "http_status"
+                result = replace(result, error=code, detail=result.detail or f"HTTP {result.status}")
+            self.counts["failures"] += 1
+            yield SitemapFailure(result, parent, depth)
+            return
+        here = result.final_url or result.url
+        try:
+            for kind, url in read_document(result, self.max_bytes):
+                if kind == "page":
+                    self.counts["pages"] += 1
+                    yield PageURL(url, result.url)
+                else:
+                    yield from self._listed(url, here, depth + 1, found)
+        except SitemapError as exc:
+            self.counts["failures"] += 1
+            yield SitemapFailure(replace(result, error=exc.code, detail=exc.detail), parent, depth)
+
+    def _listed(self, url: str, here: str, depth: int, found: dict[str, str | None]) -> Iterator[SitemapFailure]:
+        """A sitemap listed by ``here``, ``depth`` levels below the sources: queued in ``found``, or not fetched."""
+        if url in self.seen:
+            return  # fetched or queued already: an index loop, or listed twice
+        if depth > self.max_depth:
+            yield self.not_fetched(url, here, depth, f"more than {self.max_depth} levels of sitemap indexes")
+        elif len(self.seen) >= self.max_sitemaps:
+            yield self.not_fetched(url, here, depth, f"the limit of {self.max_sitemaps} sitemap documents is reached")
+        else:
+            self.seen.add(url)
+            found[url] = here
 
 
 # --- page URLs kept for the crawl --------------------------------------------------

@@ -10,7 +10,9 @@ in three parts that can be read separately:
    deadline passes first.  One ``selectors`` selector and one heap of timers.
 2. **The HTTP exchange** (:func:`exchange`).  One GET over a pooled keep-alive
    connection, framed by h11 (sans-IO: it never touches the socket, so the
-   same code runs over plain and TLS sockets), top to bottom in one generator.
+   same code runs over plain and TLS sockets), read top to bottom: it picks a
+   connection, :func:`_attempt` sends and reads the head, :func:`_read_body`
+   the body.
 3. **Producer and consumers** (:meth:`YieldEngine.fetch`).  A producer
    generator hands out URLs; ``--concurrency`` consumer coroutines each drive
    :func:`crawler.fetching.fetch_plan` with ``yield from``.  ``fetch`` runs the
@@ -333,6 +335,20 @@ class ServerClosed(ConnectionError):
 
 def exchange(pool: Pool, step: Exchange):
     """One GET: connect or reuse, send, read head and body; returns a Response."""
+    key, request = _request(step)
+    conn = pool.take(key)
+    while True:
+        fresh = conn is None
+        if fresh:
+            conn = yield from pool.connect(key, step.deadline)
+        response = yield from _attempt(conn, request, step, reused=not fresh)
+        if response is not None:
+            return response
+        conn = None  # a stale keep-alive: try once more on a new connection
+
+
+def _request(step: Exchange) -> tuple[tuple[str, str, int], h11.Request]:
+    """The connection key ``(scheme, host, port)`` and the h11 request for ``step``."""
     parts = urlsplit(step.url)
     scheme, host, port = parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
     authority = f"[{host}]" if ":" in host else host
@@ -342,62 +358,67 @@ def exchange(pool: Pool, step: Exchange):
     if parts.username is not None:
         userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers.append(("Authorization", "Basic " + base64.b64encode(userinfo.encode()).decode()))
-    request = h11.Request(method="GET", target=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (scheme, host, port), h11.Request(method="GET", target=target, headers=headers)
+
+
+def _attempt(conn: Connection, request: h11.Request, step: Exchange, reused: bool):
+    """Send ``request`` on ``conn`` and read the response; returns it, or None when a ``reused``
+    connection turns out stale (closed before any byte of a response)."""
     deadline = step.deadline
-    conn = pool.take((scheme, host, port))
+    got: Response | None = None
+    answered = False  # any response byte yet
+    try:
+        http = conn.h11
+        yield from _send(conn, http.send(request) + http.send(h11.EndOfMessage()), deadline)
+        while True:  # the head; 1xx responses are skipped
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = yield from _recv(conn, deadline)
+                if not data and not answered:
+                    raise ServerClosed("server closed the connection before responding")
+                answered = True
+                http.receive_data(data)
+            elif type(event) is h11.Response:
+                break
+        check_head(event.headers)
+        got = Response(event.status_code, join_headers(event.headers), first_byte_s=step.since_start())
+        body = yield from _read_body(conn, got, step)
+    except OSError as exc:  # reset, broken pipe, EOF, TLS errors
+        conn.close()
+        if not answered and reused:
+            return None
+        raise FetchError("connect" if got is None else "protocol", describe(exc), response=got) from None
+    except h11.RemoteProtocolError as exc:  # bad chunking, body shorter than Content-Length ...
+        conn.close()
+        raise FetchError("protocol", describe(exc), response=got) from None
+    except FetchError as exc:  # timeout, too_large, bad encoding
+        conn.close()
+        exc.response = exc.response or got
+        raise
+    except BaseException:  # GeneratorExit when the crawl is closed, or a bug
+        conn.close()
+        raise
+    if http.our_state is h11.DONE and http.their_state is h11.DONE:
+        http.start_next_cycle()
+        conn.pool.release(conn)
+    else:  # Connection: close, or a body delimited by EOF
+        conn.close()
+    return Response(got.status, got.headers, body, got.first_byte_s)
+
+
+def _read_body(conn: Connection, got: Response, step: Exchange):
+    """The body, decoded (and capped) as it arrives."""
+    http = conn.h11
+    decoder = BodyDecoder(got.headers.get("content-encoding"), step.max_bytes, step.deadline)
     while True:
-        fresh = conn is None
-        if fresh:
-            conn = yield from pool.connect((scheme, host, port), deadline)
-        got: Response | None = None
-        answered = False  # any response byte yet
-        try:
-            http = conn.h11
-            yield from _send(conn, http.send(request) + http.send(h11.EndOfMessage()), deadline)
-            while True:  # the head; 1xx responses are skipped
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    data = yield from _recv(conn, deadline)
-                    if not data and not answered:
-                        raise ServerClosed("server closed the connection before responding")
-                    answered = True
-                    http.receive_data(data)
-                elif type(event) is h11.Response:
-                    break
-            check_head(event.headers)
-            got = Response(event.status_code, join_headers(event.headers), first_byte_s=step.since_start())
-            decoder = BodyDecoder(got.headers.get("content-encoding"), step.max_bytes, deadline)
-            while True:  # the body, decoded (and capped) as it arrives
-                event = http.next_event()
-                if event is h11.NEED_DATA:
-                    http.receive_data((yield from _recv(conn, deadline)))
-                elif type(event) is h11.Data:
-                    decoder.feed(event.data)
-                elif type(event) is h11.EndOfMessage:
-                    break
-            body = decoder.finish()
-        except OSError as exc:  # reset, broken pipe, EOF, TLS errors
-            conn.close()
-            if not answered and not fresh:  # a stale keep-alive: try once more on a new connection
-                conn = None
-                continue
-            raise FetchError("connect" if got is None else "protocol", describe(exc), response=got) from None
-        except h11.RemoteProtocolError as exc:  # bad chunking, body shorter than Content-Length ...
-            conn.close()
-            raise FetchError("protocol", describe(exc), response=got) from None
-        except FetchError as exc:  # timeout, too_large, bad encoding
-            conn.close()
-            exc.response = exc.response or got
-            raise
-        except BaseException:  # GeneratorExit when the crawl is closed, or a bug
-            conn.close()
-            raise
-        if http.our_state is h11.DONE and http.their_state is h11.DONE:
-            http.start_next_cycle()
-            pool.release(conn)
-        else:  # Connection: close, or a body delimited by EOF
-            conn.close()
-        return Response(got.status, got.headers, body, got.first_byte_s)
+        event = http.next_event()
+        if event is h11.NEED_DATA:
+            http.receive_data((yield from _recv(conn, step.deadline)))
+        elif type(event) is h11.Data:
+            decoder.feed(event.data)
+        elif type(event) is h11.EndOfMessage:
+            return decoder.finish()
 
 
 # --- 3. producer and consumers -----------------------------------------------------
