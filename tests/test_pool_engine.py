@@ -26,7 +26,7 @@ from conftest import LocalServer, html_page
 import crawler
 from crawler.errors import CrawlerError
 from crawler.plugins import engines, get_plugin_manager
-from crawler_plugins import pool_engine
+from crawler_plugins import pool as pool_engine
 
 
 class Probe:
