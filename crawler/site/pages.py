@@ -737,7 +737,7 @@ def serve_in_subprocess(
         "--delay", repr(float(delay)), "--mean-kb", repr(float(mean_kb)),
     ]
     env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
 
@@ -798,8 +798,8 @@ def demo_port_to_resume(out: str | None, engines: list[str]) -> int:
     """
     import json
 
-    from .frontier import state_path
-    from .outputs import read_records
+    from ..frontier import state_path
+    from ..outputs import read_records
 
     def port_of(url: object) -> int:
         if isinstance(url, str):
@@ -866,7 +866,7 @@ def main(argv: list[str] | None = None) -> None:
         # From the start, page generation included (the loop watches stdin
         # too, but only once it runs): a parent killed with SIGKILL leaves
         # no server behind.
-        from .processes import exit_on_eof
+        from ..processes import exit_on_eof
 
         exit_on_eof(sys.stdin.fileno(), code=0)
     serve(

@@ -1,0 +1,5 @@
+"""``python -m crawler.site``: see :mod:`.pages`."""
+
+from .pages import main
+
+main()
