@@ -16,7 +16,7 @@ import itertools
 import os
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from . import parse
 from .engines import Engine, FetchResult, Settings
@@ -29,6 +29,9 @@ from .politeness import HostGate, shared_gate
 from .processes import hide_script_main, show_script_main
 from .stats import MemorySampler, RunStats
 from .urls import OverlongLine
+
+if TYPE_CHECKING:
+    from .sitemaps import URLSpool
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,14 @@ class EngineRun:
         self._origin: dict[str, tuple[int, str]] = {}  # followed URL in the engine's hands -> (depth, parent)
         self._ready: collections.deque[tuple[dict, float | None]] = collections.deque()
         self._started = False
+        # the run's parts, made by _set_up() when iteration starts
+        self.stage: ParseStage | None = None
+        self.gate = self.gate_manager = None
+        self.run_settings = settings
+        self.results: Iterator[FetchResult] = iter(())
+        self.spool = None
+        self._session = None
+        self._sessions = contextlib.ExitStack()
 
     def __iter__(self) -> Iterator[dict]:
         if self._started:
@@ -298,24 +309,8 @@ class EngineRun:
             show_script_main()
 
     def _steps(self) -> Iterator[dict]:
-        engine, options, stats = self.engine, self.options, self.stats
-        if self.following:
-            self.frontier = _open_frontier(engine.name, options, self.state, self.resume, self.skip, self.notify)
-        frontier = self.frontier
-        stage = (
-            ParseStage(options.parse_workers, self.complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout)
-            if options.parse
-            else None
-        )
-        if stage:
-            stage.want_links = self.want_links
-        settings = self.settings.replace(parse=options.parse, want_links=self.want_links)
-        gate, gate_manager = _politeness_gate(engine, settings)
-        if gate is not None:
-            settings = settings.replace(gate=gate)
-        session = getattr(engine, "session", None)
-        results = iter(())
-        spool = None
+        self._set_up()
+        stats, stage = self.stats, self.stage
         memory = MemorySampler(self.exclude_pids)
         try:
             if stage:
@@ -323,51 +318,14 @@ class EngineRun:
             with memory:
                 stats.start()
                 try:
-                    with contextlib.ExitStack() as sessions:
-
-                        def engine_ready() -> None:
-                            """Enter the engine's session once, when there is something to fetch."""
-                            nonlocal session
-                            if callable(session):
-                                sessions.enter_context(session(settings))
-                                # on the way out, the engine's run in progress is closed before its session
-                                sessions.callback(lambda: getattr(results, "close", lambda: None)())
-                            session = None
-
-                        urls = self.urls
-                        if self.sitemaps and not (frontier is not None and frontier.complete):
-                            engine_ready()
-                            spool = _read_sitemaps(engine, self.sitemaps, settings, self._sitemap_failure, self.notify)
-                            self.halt.check()
-                            urls = itertools.chain(urls, spool)
-                        listed = frontier.listed if frontier is not None else None
-                        level_urls: Iterable[str] = counted(urls, stats, self.skip, self._refuse, listed)
-                        for level in range(options.depth + 1 if self.following else 1):
-                            if level:
-                                if not frontier.count_at(level):
-                                    break  # nothing was found to go deeper with
-                                frontier.begin_level(level)
-                                level_urls = self._followed(level)
-                            pending = _nonempty(level_urls)
-                            yield from self._hand_out()  # e.g. refused overlong lines
-                            if pending is None:
-                                continue  # e.g. resumed: every URL of the level has its record
-                            engine_ready()
-                            results = iter(engine.fetch(pending, settings))
-                            yield from self._consume(results, stage)
-                            if stage:  # the level's links are all known only once it is parsed
-                                while not stage.drain(wake=lambda: bool(self._ready)):
-                                    yield from self._hand_out()
-                            yield from self._hand_out()
-                            self.halt.check()
-                        if frontier is not None:
-                            frontier.finish()
+                    with contextlib.ExitStack() as self._sessions:
+                        yield from self._crawl()
                 finally:
                     stats.stop()
         except BaseException:
             self.halt.stopped = True  # before the stage is cancelled: its late deliveries are not records
             stats.interrupted = True
-            close = getattr(results, "close", None)
+            close = getattr(self.results, "close", None)
             if close:
                 close()
             if stage:
@@ -380,22 +338,86 @@ class EngineRun:
             stats.check_accounting()
         finally:
             stats.peak_rss_mb = memory.peak / 2**20
-            if spool is not None:
-                spool.close()
-            if frontier is not None:
-                stats.links = frontier.stats()
-                frontier.close()
-            if gate is not None:
-                try:
-                    stats.politeness = gate.stats()
-                except Exception:  # the manager process may be gone after an interrupt
-                    pass
-            if gate_manager is not None:
-                gate_manager.shutdown()
-            if stage:
-                stats.parse_cpu_s = stage.parse_cpu_s
-                stats.peak_parse_backlog = stage.peak_backlog
-                stats.parse_wait_s = stage.wait_s
+            self._release()
+
+    def _set_up(self) -> None:
+        """The run's parts: frontier (when following), parse stage, politeness gate, the settings the engine gets."""
+        engine, options = self.engine, self.options
+        if self.following:
+            self.frontier = _open_frontier(engine.name, options, self.state, self.resume, self.skip, self.notify)
+        if options.parse:
+            self.stage = ParseStage(
+                options.parse_workers, self.complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout
+            )
+            self.stage.want_links = self.want_links
+        settings = self.settings.replace(parse=options.parse, want_links=self.want_links)
+        self.gate, self.gate_manager = _politeness_gate(engine, settings)
+        self.run_settings = settings.replace(gate=self.gate) if self.gate is not None else settings
+        self._session = getattr(engine, "session", None)
+
+    def _engine_ready(self) -> None:
+        """Enter the engine's session once, when there is something to fetch."""
+        if callable(self._session):
+            self._sessions.enter_context(self._session(self.run_settings))
+            # on the way out, the engine's run in progress is closed before its session
+            self._sessions.callback(lambda: getattr(self.results, "close", lambda: None)())
+        self._session = None
+
+    def _crawl(self) -> Iterator[dict]:
+        """The list (and the sitemaps' pages), then each level of followed links."""
+        frontier = self.frontier
+        urls = self.urls
+        if self.sitemaps and not (frontier is not None and frontier.complete):
+            self._engine_ready()
+            self.spool = _read_sitemaps(self.engine, self.sitemaps, self.run_settings, self._sitemap_failure, self.notify)
+            self.halt.check()
+            urls = itertools.chain(urls, self.spool)
+        listed = frontier.listed if frontier is not None else None
+        level_urls: Iterable[str] = counted(urls, self.stats, self.skip, self._refuse, listed)
+        for level in range(self.options.depth + 1 if self.following else 1):
+            if level:
+                if not frontier.count_at(level):
+                    break  # nothing was found to go deeper with
+                frontier.begin_level(level)
+                level_urls = self._followed(level)
+            yield from self._level(level_urls)
+        if frontier is not None:
+            frontier.finish()
+
+    def _level(self, urls: Iterable[str]) -> Iterator[dict]:
+        """One engine.fetch() call over ``urls``, and its pages parsed to the last."""
+        pending = _nonempty(urls)
+        yield from self._hand_out()  # e.g. refused overlong lines
+        if pending is None:
+            return  # e.g. resumed: every URL of the level has its record
+        self._engine_ready()
+        self.results = iter(self.engine.fetch(pending, self.run_settings))
+        yield from self._consume(self.results, self.stage)
+        if self.stage:  # the level's links are all known only once it is parsed
+            while not self.stage.drain(wake=lambda: bool(self._ready)):
+                yield from self._hand_out()
+        yield from self._hand_out()
+        self.halt.check()
+
+    def _release(self) -> None:
+        """Close what the run opened, and keep the figures of its parts in the stats."""
+        stats, stage = self.stats, self.stage
+        if self.spool is not None:
+            self.spool.close()
+        if self.frontier is not None:
+            stats.links = self.frontier.stats()
+            self.frontier.close()
+        if self.gate is not None:
+            try:
+                stats.politeness = self.gate.stats()
+            except Exception:  # the manager process may be gone after an interrupt
+                pass
+        if self.gate_manager is not None:
+            self.gate_manager.shutdown()
+        if stage:
+            stats.parse_cpu_s = stage.parse_cpu_s
+            stats.peak_parse_backlog = stage.peak_backlog
+            stats.parse_wait_s = stage.wait_s
 
     def _consume(self, results: Iterator[FetchResult], stage: ParseStage | None) -> Iterator[dict]:
         """Take every result of one engine.fetch() call: to the parse stage, or straight to a record."""
