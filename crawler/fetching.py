@@ -41,6 +41,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from .engines import FetchResult, Settings
 from .politeness import ROBOTS_KNOWN, ROBOTS_PENDING
+from .urls import host_key, host_port  # noqa: F401  (host_port: for the engines that open their own connections)
 
 # SPEC §6.  "parse" and "robots" are given by the pipeline, never by engines.
 ERROR_CODES = (
@@ -181,12 +182,6 @@ def _quote_unsafe(text: str) -> str:
         ch if ch.isascii() and ch != " " else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
         for ch in text
     )
-
-
-def host_port(url: str) -> tuple[str, int]:
-    """(host, port) of an http(s) URL that :func:`http_url` accepted."""
-    parts = urlsplit(url)
-    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def redirect_target(url: str, location: str) -> str:
@@ -375,7 +370,7 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
     retry = 0
     while True:
         if gate is not None:
-            key = "%s:%d" % host_port(current)
+            key = host_key(current)
             refusal = yield from _robots_verdict(gate, key, current, headers, settings)
             if refusal is not None:
                 code, detail = refusal
@@ -441,7 +436,7 @@ def _exchange(gate, url: str, headers: Mapping[str, str], settings: Settings, ma
     """One exchange, after the host's gate lets it start (politeness waits are not timed as the request)."""
     if gate is None:
         return (yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes))
-    key = "%s:%d" % host_port(url)
+    key = host_key(url)
     while (wait := gate.try_start(key)) > 0:
         yield Sleep(wait)
     try:

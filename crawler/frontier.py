@@ -20,7 +20,6 @@ the pages in flight, and ``--resume`` rebuilds the frontier from it
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tempfile
@@ -29,7 +28,8 @@ from collections import Counter
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
+from .urls import DEFAULT_PORTS, host_key, url_key
+
 
 
 def normalize(url: str) -> str | None:
@@ -73,15 +73,6 @@ def _remove_dot_segments(path: str) -> str:
         else:
             output.append(segment)
     return "/".join(output)
-
-
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme, 0)}"
-
-
-def _key(url: str) -> int:
-    return int.from_bytes(hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def state_path(out: str, engine: str) -> str:
@@ -160,11 +151,11 @@ class Frontier:
             for fact in self._facts():
                 kind = fact[0]
                 if kind == "queue" and len(fact) == 4:
-                    self._seen.add(_key(fact[2]))
+                    self._seen.add(url_key(fact[2]))
                     self.restored += 1
                     self._at_depth[fact[1]] += 1
                 elif kind == "seen" and len(fact) == 2:
-                    self._seen.add(_key(fact[1]))
+                    self._seen.add(url_key(fact[1]))
                 elif kind == "level" and len(fact) == 2:
                     self.levels_begun = max(self.levels_begun, int(fact[1]))
                 elif kind == "complete":
@@ -193,7 +184,7 @@ class Frontier:
         """Mark a URL crawled (where a redirect ended); the fact goes out with the next offer or :meth:`sync`."""
         canonical = normalize(url) if url else None
         if canonical:
-            key = _key(canonical)
+            key = url_key(canonical)
             with self._lock:
                 if key not in self._seen:
                     self._seen.add(key)
@@ -204,7 +195,7 @@ class Frontier:
         """Mark a list line crawled (depth 0), even if a link to it was queued before it was read."""
         canonical = normalize(url) if url else None
         if canonical:
-            key = _key(canonical)
+            key = url_key(canonical)
             with self._lock:
                 if key in self._seen:
                     self._listed_late.add(key)
@@ -220,7 +211,7 @@ class Frontier:
         limit, and count towards it.  The log is flushed before this returns,
         so the page's record, written after, never outlives its links.
         """
-        parent_host = _host(parent) if self.same_host else None
+        parent_host = host_key(parent) if self.same_host else None
         if depth is None:  # the level after the one next_level() gave last
             depth = getattr(self, "_levels_taken", 0) + 1
         with self._lock:
@@ -229,10 +220,10 @@ class Frontier:
                 if canonical is None:
                     continue
                 self.discovered += 1
-                if parent_host is not None and _host(canonical) != parent_host:
+                if parent_host is not None and host_key(canonical) != parent_host:
                     self.off_host += 1
                     continue
-                key = _key(canonical)
+                key = url_key(canonical)
                 if key in self._seen:
                     self.duplicates += 1
                     continue
@@ -268,7 +259,7 @@ class Frontier:
         depth 0 only (counted in ``stats()["listed"]``).
         """
         for url, parent in self.queued_at(depth):
-            if self._listed_late and _key(url) in self._listed_late:
+            if self._listed_late and url_key(url) in self._listed_late:
                 self.listed_late += 1
                 continue
             yield url, parent

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import io
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Iterator
 
 
 from .errors import CrawlerError, OutputError
+from .urls import url_key
 
 from .records import LINKS_KEY, RECORD_KEYS, record_keys  # noqa: F401  (where the writers and --resume find them)
 
@@ -528,10 +528,6 @@ def drop_torn_tail(path: str) -> int:
         raise CrawlerError(f"--resume cannot repair {path}: {_reason(exc)}") from None
 
 
-def _url_key(url: str) -> int:
-    return int.from_bytes(hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-
-
 class CompletedUrls:
     """The URLs one engine already has records for in an output file, for ``--resume``.
 
@@ -549,7 +545,7 @@ class CompletedUrls:
         if os.path.exists(path):
             try:
                 keys = [
-                    _url_key(record["url"])
+                    url_key(record["url"])
                     for record in read_records(path)
                     if record.get("engine") == engine and isinstance(record.get("url"), str)
                 ]
@@ -570,7 +566,7 @@ class CompletedUrls:
         """True (and one fewer left) if ``url`` still has an unclaimed record."""
         if not len(self.keys):
             return False
-        key = self._np.uint64(_url_key(self._normal(url)))
+        key = self._np.uint64(url_key(self._normal(url)))
         i = int(self._np.searchsorted(self.keys, key))
         if i < len(self.keys) and self.keys[i] == key and self.counts[i] > 0:
             self.counts[i] -= 1

@@ -8,7 +8,6 @@ growing (Scrapy's ``Slot.needs_backout``).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import threading
@@ -20,6 +19,7 @@ from typing import Callable
 
 from . import parse
 from .engines import FetchResult
+from .processes import start_context
 
 
 Done = Callable[[FetchResult, "dict | None", "str | None"], None]
@@ -89,10 +89,7 @@ class ParseStage:
             self._watchdog.start()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        # Not fork: the asyncio engine and the progress bar run threads, and
-        # forking a process with threads alive can deadlock the child.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context = start_context()
         self._clock = context.Array("d", 2 * self.workers)  # per worker: page started at, pid
         slots = context.Value("i", 0)
         executor = ProcessPoolExecutor(

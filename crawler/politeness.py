@@ -13,7 +13,6 @@ processes get it behind a ``multiprocessing`` manager (see
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from multiprocessing.managers import BaseManager
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 
 from protego import Protego
 
-from .processes import follow_parent
+from .processes import follow_parent, start_context
 
 # What :meth:`HostGate.robots` tells the fetch policy about a host's robots.txt.
 ROBOTS_UNKNOWN = "unknown"  # nobody has fetched it yet: the caller must
@@ -168,7 +167,6 @@ def shared_gate(per_host: int | None, delay: float, robots: bool, user_agent: st
 
     Returns ``(gate_proxy, manager)``; shut the manager down after the run.
     """
-    methods = multiprocessing.get_all_start_methods()
-    manager = GateManager(ctx=multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn"))
+    manager = GateManager(ctx=start_context())
     manager.start(initializer=follow_parent)  # a kill -9 of the crawl takes the manager with it
     return manager.HostGate(per_host, delay, robots, user_agent), manager

@@ -49,13 +49,23 @@ import sys
 import threading
 from typing import Iterator
 
-__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "script_main_hidden", "show_script_main"]
+__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "script_main_hidden", "show_script_main", "start_context"]
 
 # The exit code of a process that ended because its parent was gone.
 PARENT_GONE_EXIT = 1
 
 # Fallback only (a process with no pipe to watch): how often its parent's pid is checked.
 _PPID_POLL_S = 0.5
+
+
+def start_context() -> multiprocessing.context.BaseContext:
+    """How the run starts its processes: ``forkserver`` where the platform has it, else ``spawn``.
+
+    Never ``fork``: the asyncio engine, the parse stage and the progress bar
+    run threads, and forking a process with threads alive can deadlock the child.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def follow_parent(code: int = PARENT_GONE_EXIT) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from typing import BinaryIO, Iterator
+from urllib.parse import urlsplit
 
 from .errors import CrawlerError
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_LINE = 1 << 20  # a line longer than this (1 MiB, without its line end) is never fetched nor held
 OVERLONG_PREFIX = 1000  # characters of an over-long line kept in its record's ``url``
 
@@ -101,3 +104,19 @@ def count_url_lines(path: str) -> int:
     """How many URLs :func:`read_url_lines` will yield from ``path``: one streaming pass, nothing kept."""
     with open_url_file(path) as stream:
         return sum(1 for _ in read_url_lines(stream))
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """(host, port) of an http(s) URL: what politeness limits, and what "the same host" means when following."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
+
+
+def host_key(url: str) -> str:
+    """``host:port`` of ``url``, the key of its host in every per-host table."""
+    return "%s:%d" % host_port(url)
+
+
+def url_key(url: str) -> int:
+    """A 64-bit key of ``url`` (blake2b), for sets of URLs kept compact: done records, seen links."""
+    return int.from_bytes(hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
