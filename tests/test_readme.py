@@ -45,3 +45,18 @@ def test_every_hookspec_is_documented_with_its_signature():
     for name in specs:
         assert inspect.getdoc(getattr(hookspecs, name)), name
         assert f"def {name}(" in README, f"README shows no example of {name}"
+
+
+def test_api_examples_from_readme_run_as_plain_scripts(tmp_path, server):
+    scripts = dict(re.findall(r"```python\n# (crawl_titles\.py|compare_engines\.py):.*?\n(.*?)```", README, re.S))
+    assert sorted(scripts) == ["compare_engines.py", "crawl_titles.py"]
+    (tmp_path / "urls.txt").write_text("".join(server.url(f"/page/readme-api-{i}") + "\n" for i in range(5)))
+    outputs = {}
+    for name, code in scripts.items():  # as files, without a main guard, as a user runs them
+        (tmp_path / name).write_text(code)
+        done = subprocess.run([sys.executable, name], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[name] = done.stdout.splitlines()
+    assert sorted(line.split()[-1] for line in outputs["crawl_titles.py"]) == [f"readme-api-{i}" for i in range(5)]
+    assert [line.split()[0] for line in outputs["compare_engines.py"]] == ["asyncio", "threads", "yield"]
+    assert all("pages/s" in line for line in outputs["compare_engines.py"])
