@@ -1,4 +1,9 @@
-"""The ``dask`` engine: fetch and parse on a Dask cluster (issue 7).
+"""The ``dask`` engine: fetch and parse on a Dask cluster (issue 7), what is its own.
+
+The shared suites (conformance, following, politeness, hostile) run this
+engine in full themselves: conftest gives it the session's cluster.  Here is
+what only dask has: parsing on the workers, politeness over a cluster,
+batches, faults, its options and its figures.
 
 Everything runs against local servers and a LocalCluster on 127.0.0.1.
 Most tests share one session LocalCluster (2 single-threaded worker
@@ -8,10 +13,11 @@ used; the ``--demo`` test lets the run start and close its own.
 
 from __future__ import annotations
 
-import inspect
+import ast
 import json
 import logging
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -23,28 +29,18 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-import conftest  # noqa: E402
-import test_conformance as conformance  # noqa: E402
-import test_following as following  # noqa: E402
-import test_politeness as politeness  # noqa: E402
 from conftest import by_url, run_records  # noqa: E402
-from test_following import sites  # noqa: E402,F401  (the fixture, for the following cases)
-from test_politeness import watcher  # noqa: E402,F401  (the fixture, for the politeness cases)
+from test_politeness import watcher  # noqa: E402,F401  (the fixture)
 
 import crawler  # noqa: E402
+import crawler.plugins  # noqa: E402
+import crawler_plugins.dask  # noqa: E402
 from crawler.errors import CrawlerError  # noqa: E402
 from crawler.pipeline import RunOptions, make_record, run_engine  # noqa: E402
-from crawler_plugins.dask import run as dask_engine  # noqa: E402
-
-if not hasattr(conftest, "dask_scheduler"):  # until conftest has its own (see the patch in issue 7)
-
-    @pytest.fixture(scope="session")
-    def dask_scheduler():
-        with distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,
-            scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},  # not 8787: it may be taken
-        ) as cluster:
-            yield cluster.scheduler_address
+from crawler_plugins.dask import options as dask_options  # noqa: E402
+from crawler_plugins.dask import run as dask_run  # noqa: E402
+from crawler_plugins.dask import worker as dask_worker  # noqa: E402
+from crawler_plugins.dask.engine import DaskEngine  # noqa: E402
 
 
 @pytest.fixture
@@ -66,89 +62,17 @@ def run_dask(scheduler: str, urls, progress=None, **settings):
     options = {"scheduler": scheduler, **settings.pop("engine_options", {})}
     settings.setdefault("timeout", 5.0)
     settings.setdefault("backoff_base", 0.05)
-    engine = dask_engine.DaskEngine()
+    engine = DaskEngine()
     stats = run_engine(
         engine, urls, crawler.Settings(engine_options=options, **settings), RunOptions(parse_workers=0), records.append, progress
     )
     return records, stats
 
 
-# --- the conformance suite, a representative subset --------------------------------------
-
-CONFORMANCE_CASES = [
-    "test_one_record_per_line_duplicates_and_invalid_lines",
-    "test_http_error_statuses",
-    "test_redirect_sets_final_url",
-    "test_redirect_to_other_schemes_is_an_error_and_never_followed",
-    "test_refused_port_is_connect",
-    "test_slow_response_is_timeout",
-    "test_503_then_200_with_one_retry",
-    "test_body_over_max_bytes_is_too_large",
-    "test_gzip_bomb_is_too_large",
-    "test_gzip_and_deflate_are_decoded",
-    "test_latin1_page_declared_by_meta_charset",
-    "test_image_has_null_parse_fields",
-    "test_chunked_response",
-    "test_user_agent_is_sent",
-    "test_concurrency_overlaps_waiting",
-    "test_reset_mid_body_is_protocol",
-    "test_garbage_instead_of_a_status_line_is_protocol",
-    "test_hostile_url_lines_each_get_a_record",
-]
+# --- politeness over the cluster ---------------------------------------------------------
 
 
-POLITENESS_CASES = [
-    ("test_per_host_limit_holds_at_the_server", {}),
-    ("test_delay_spaces_request_starts", {}),
-    ("test_robots_disallow_and_user_agent", {}),
-    ("test_robots_crawl_delay_is_honoured", {}),
-    ("test_robots_4xx_allows_5xx_disallows", {"status": 404, "allowed": True}),
-    ("test_robots_4xx_allows_5xx_disallows", {"status": 503, "allowed": False}),
-    ("test_no_robots_never_asks", {}),
-    ("test_limits_hold_per_host_not_globally", {}),
-]
-
-
-def run_shared_case(module, case: str, given: dict, request, monkeypatch, scheduler: str) -> None:
-    """Run a test written for every engine against the dask engine on the shared cluster."""
-    test = getattr(module, case)
-    monkeypatch.setattr(module, "run_records", lambda engine, urls, **settings: on(scheduler, urls, **settings))
-    names = [name for name in inspect.signature(test).parameters if name != "engine_name" and name not in given]
-    test("dask", **given, **{name: request.getfixturevalue(name) for name in names})
-
-
-# Once conftest gives the dask engine a shared cluster (ENGINE_SETTINGS_FIXTURES), the shared
-# suites run it in full themselves, and these subsets would only repeat them.
-SHARED_SUITES_RUN_DASK = "dask" in getattr(conftest, "ENGINE_SETTINGS_FIXTURES", {})
-subset = pytest.mark.skipif(SHARED_SUITES_RUN_DASK, reason="the shared suites run the dask engine themselves")
-
-
-@subset
-@pytest.mark.parametrize("case", CONFORMANCE_CASES)
-def test_conformance_case(case, request, monkeypatch, dask_scheduler):
-    run_shared_case(conformance, case, {}, request, monkeypatch, dask_scheduler)
-
-
-FOLLOWING_CASES = [
-    "test_depth_two_same_host_gives_exactly_the_expected_records",
-    "test_any_host_follows_other_hosts",
-    "test_max_pages_bounds_what_is_queued",
-]
-
-
-@subset
-@pytest.mark.parametrize("case", FOLLOWING_CASES)
-def test_following_case(case, request, monkeypatch, dask_scheduler):
-    run_shared_case(following, case, {}, request, monkeypatch, dask_scheduler)
-
-
-@subset
-@pytest.mark.parametrize("case, given", POLITENESS_CASES, ids=[f"{c}{list(g.values()) or ''}" for c, g in POLITENESS_CASES])
-def test_politeness_case(case, given, request, monkeypatch, dask_scheduler):
-    run_shared_case(politeness, case, given, request, monkeypatch, dask_scheduler)
-
-
-def test_per_host_limit_holds_over_the_whole_cluster(watcher, dask_scheduler):
+def test_per_host_limit_holds_over_the_whole_cluster(watcher, dask_scheduler):  # noqa: F811
     site = watcher()
     urls = [site.url(f"/p{i}?s=0.05") for i in range(40)]
     records, stats = run_dask(dask_scheduler, urls, concurrency=8, per_host=2, engine_options={"batch": "4"})
@@ -157,7 +81,7 @@ def test_per_host_limit_holds_over_the_whole_cluster(watcher, dask_scheduler):
     assert stats.summary()["engine_stats"]["host_partition"] is True
 
 
-def test_robots_is_read_once_per_worker_process_at_most(watcher, dask_scheduler):
+def test_robots_is_read_once_per_worker_process_at_most(watcher, dask_scheduler):  # noqa: F811
     site = watcher((200, "User-agent: *\nDisallow: /private\n"))
     urls = [site.url(f"/p{i}?s=0.02") for i in range(30)] + [site.url("/private/x")]
     records, stats = run_dask(dask_scheduler, urls, concurrency=8, engine_options={"batch": "3"})
@@ -169,11 +93,14 @@ def test_robots_is_read_once_per_worker_process_at_most(watcher, dask_scheduler)
 
 
 def test_crawl_delay_is_spread_over_the_worker_processes():
-    gate = dask_engine._ClusterGate(None, 0.0, True, "agent", 3)
+    gate = dask_worker.ClusterGate(None, 0.0, True, "agent", 3)
     gate.learn_robots("h:80", 200, "User-agent: *\nCrawl-delay: 0.5\n")
     assert gate.try_start("h:80") == 0.0
     gate.finish("h:80")
     assert 1.4 < gate.try_start("h:80") <= 1.5  # 3 processes x 0.5 s
+
+
+# --- parsed on the workers, recorded by the client ---------------------------------------
 
 
 def test_records_are_those_the_local_pipeline_writes(server, raw_server, dask_scheduler):
@@ -209,18 +136,19 @@ def test_a_page_the_parser_fails_on_gets_the_record_the_local_pipeline_writes(se
         raise ValueError("boom")
 
     monkeypatch.setattr(parse, "parse_page", broken)
-    outcome = dask_engine._run_batch(7, [server.url("/page/boom")], settings, (True, False), None)  # the task, run here
+    outcome = dask_worker.run_batch(7, [server.url("/page/boom")], settings, (True, False), None)  # the task, run here
     [slim] = outcome["results"]
     assert slim.body == b"" and slim.size == len(fetched.body)
     remote = make_record("e", slim, dict(slim.parsed))  # as the pipeline does with a result it need not parse
     local.pop("fetch_ms"), remote.pop("fetch_ms")
     assert remote == local and remote["error"] == "parse" and remote["detail"] == "ValueError: boom"
-    assert outcome["id"] == 7 and outcome["cpu_s"] >= outcome["parse_cpu_s"] >= 0
+    # the failed parse is counted as parse CPU, a part of the task's
+    assert outcome["id"] == 7 and outcome["cpu_s"] > outcome["parse_cpu_s"] > 0
 
 
 @pytest.mark.parametrize("links", ["0", "1"])
 def test_bodies_stay_on_the_workers(links, server, dask_scheduler):
-    engine = dask_engine.DaskEngine()
+    engine = DaskEngine()
     settings = crawler.Settings(engine_options={"scheduler": dask_scheduler, "links": links})
     results = {r.url: r for r in engine.fetch([server.url("/gzip"), server.url("/image"), "not a url"], settings)}
     assert len(results) == 3
@@ -246,7 +174,7 @@ def test_reads_urls_lazily_and_streams_batches(server, dask_scheduler):
             pulled[0] += 1
             yield server.url(f"/page/lazy{i}")
 
-    engine = dask_engine.DaskEngine()
+    engine = DaskEngine()
     settings = crawler.Settings(concurrency=8, engine_options={"scheduler": dask_scheduler, "batch": "10"})
     results = engine.fetch(lines(), settings)
     next(results)
@@ -265,14 +193,8 @@ def test_report_counts_records_per_worker_and_remote_cpu(server, dask_scheduler)
     assert len(figures["records_per_worker"]) == 2 and figures["workers"] == 2
     assert figures["batches"] == 15 and figures["batch"] == 8
     # the session cluster's workers are not this run's children: their CPU is remote, added to cpu_s
-    assert figures["remote_cpu_s"] > 0 and figures["task_cpu_s"] > 0
-    assert stats.summary()["cpu_s"] >= figures["remote_cpu_s"]
-
-
-def test_bad_engine_options_are_usage_errors():
-    for options in ({"batch": "0"}, {"batch": "many"}, {"parse": "maybe"}, {"connect_timeout": "-1"}):
-        with pytest.raises(CrawlerError, match="--engine-opt"):
-            next(dask_engine.DaskEngine().fetch([], crawler.Settings(engine_options=options)))
+    assert figures["remote_cpu_s"] > 0 and figures["task_cpu_s"] > figures["remote_parse_cpu_s"] > 0
+    assert stats.summary()["cpu_s"] == pytest.approx(stats.cpu_s + figures["remote_cpu_s"])
 
 
 @pytest.mark.slow
@@ -302,7 +224,7 @@ def test_client_memory_stays_flat_from_2000_to_20000_urls(refused_port, dask_sch
 
         lines = (f"ftp://127.0.0.1:{refused_port}/{i}" for i in range(n))  # invalid_url, at once, on a worker
         settings = crawler.Settings(retries=0, timeout=2.0, robots=False, engine_options={"scheduler": dask_scheduler})
-        run_engine(dask_engine.DaskEngine(), lines, settings, RunOptions(parse_workers=0), write)
+        run_engine(DaskEngine(), lines, settings, RunOptions(parse_workers=0), write)
         stop.set()
         sampler.join()
         assert count[0] == n
@@ -312,6 +234,65 @@ def test_client_memory_stays_flat_from_2000_to_20000_urls(refused_port, dask_sch
     small = peak_rss(2000)
     large = peak_rss(20000)
     assert large - small < 12 * 2**20, (small / 2**20, large / 2**20)
+
+
+# --- options and the registry ------------------------------------------------------------
+
+
+def test_bad_engine_options_are_usage_errors():
+    for options in ({"batch": "0"}, {"batch": "many"}, {"parse": "maybe"}, {"links": "2"}, {"connect_timeout": "-1"}):
+        with pytest.raises(CrawlerError, match="--engine-opt"):
+            next(DaskEngine().fetch([], crawler.Settings(engine_options=options)))
+
+
+class _Asked(dict):
+    """engine_options that note every key looked up."""
+
+    def __init__(self, **given):
+        super().__init__(**given)
+        self.asked = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
+def test_the_engine_declares_exactly_the_keys_it_reads():
+    raw = _Asked(batch="8")
+    dask_options.Options.from_settings(crawler.Settings(engine_options=raw))
+    assert raw.asked == set(DaskEngine.options)
+    assert all(isinstance(text, str) and text and "\n" not in text for text in DaskEngine.options.values())
+
+
+def test_links_travel_back_when_the_pipeline_wants_them_unless_told():
+    def links(**given):
+        options = given.pop("engine_options", {})
+        return dask_options.Options.from_settings(crawler.Settings(engine_options=options, **given)).links
+
+    assert links() is False and links(want_links=True) is True
+    assert links(want_links=True, engine_options={"links": "0"}) is False and links(engine_options={"links": "1"}) is True
+
+
+def test_the_worker_gets_the_asyncio_engine_from_the_registry_once(monkeypatch):
+    made = []
+    real = crawler.plugins.get_plugin_manager
+    monkeypatch.setattr(crawler.plugins, "get_plugin_manager", lambda *a, **k: made.append(1) or real(*a, **k))
+    monkeypatch.setattr(dask_worker, "_engine", None)  # as in a fresh worker process
+    engine = dask_worker.asyncio_engine()
+    assert engine.name == "asyncio" and dask_worker.asyncio_engine() is engine and made == [1]
+
+
+def test_no_module_of_the_package_imports_another_plugin():
+    for path in pathlib.Path(crawler_plugins.dask.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1 and not (node.module or "").startswith("crawler_plugins"), (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("crawler_plugins") for alias in node.names), path.name
 
 
 # --- faults -------------------------------------------------------------------------------
@@ -337,21 +318,21 @@ class _FinishedTask:
 
 
 def test_a_batch_that_keeps_killing_workers_is_split_and_only_the_culprit_fails():
-    run = dask_engine._Run(dask_engine._Options.from_settings(crawler.Settings()), crawler.Settings())
+    run = dask_run.Run(dask_options.Options.from_settings(crawler.Settings()), crawler.Settings())
     killed = distributed.scheduler.KilledWorker("crawl-x", _Gone(), 3)
-    batch = dask_engine._Batch(5, ["http://a.test/1", "http://a.test/poison", "http://a.test/3"])
+    batch = dask_run.Batch(5, ["http://a.test/1", "http://a.test/poison", "http://a.test/3"])
     run.in_flight[5] = (batch, _FinishedTask("crawl-tok-5-0", killed))
     assert list(run._take(_FinishedTask("crawl-tok-5-0", killed))) == []  # nothing yet: split for re-runs
-    assert [again.urls for again in run.retry] == [[url] for url in batch.urls] and run.split == 1
+    assert [again.urls for again in run.retry] == [[url] for url in batch.urls] and run.figures.split == 1
     # the re-run of the poison URL kills workers again: it alone gets a record
     run.retry.clear()
-    single = dask_engine._Batch(9, ["http://a.test/poison"], kills=1)
+    single = dask_run.Batch(9, ["http://a.test/poison"], kills=1)
     run.in_flight[9] = (single, _FinishedTask("crawl-tok-9-3", killed))
     [record] = list(run._take(_FinishedTask("crawl-tok-9-3", killed)))
     assert record.url == "http://a.test/poison" and record.error == "other" and "died" in record.detail
     assert not run.retry and not run.in_flight
     # a stale completion (an earlier submission of a batch) is never taken
-    run.in_flight[11] = (dask_engine._Batch(11, ["http://a.test/x"]), _FinishedTask("crawl-tok-11-8"))
+    run.in_flight[11] = (dask_run.Batch(11, ["http://a.test/x"]), _FinishedTask("crawl-tok-11-8"))
     assert list(run._take(_FinishedTask("crawl-tok-11-7", value={"results": ["doubled"]}))) == []
     assert 11 in run.in_flight
 
@@ -368,7 +349,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(pinned, serve
     urls = [server.url(f"/delay?s=0.2&i={i}") for i in range(120)]
     pids = dask_client.run(os.getpid)
     workers = sorted(pids)
-    victim = pids[workers[dask_engine._host_hash(urls[0]) % len(workers)]] if pinned else pids[workers[0]]
+    victim = pids[workers[dask_run.host_hash(urls[0]) % len(workers)]] if pinned else pids[workers[0]]
     killed = []
 
     def progress(record):
@@ -406,7 +387,7 @@ def test_a_scheduler_lost_mid_run_ends_it_with_a_usage_error_not_a_hang(server):
     started = time.monotonic()
     try:
         with pytest.raises(CrawlerError, match="lost the Dask scheduler"):
-            run_engine(dask_engine.DaskEngine(), urls, settings, RunOptions(parse_workers=0), records.append, progress)
+            run_engine(DaskEngine(), urls, settings, RunOptions(parse_workers=0), records.append, progress)
     finally:
         cluster.close()
     assert 8 <= len(records) < 200 and time.monotonic() - started < 20
@@ -432,8 +413,8 @@ def test_unreachable_scheduler_is_a_one_line_usage_error(tmp_path, refused_port,
 
 
 def test_the_scheduler_is_given_five_seconds_by_default():
-    options = dask_engine._Options.from_settings(crawler.Settings(engine_options={"scheduler": "tcp://127.0.0.1:1"}))
-    assert options.connect_timeout == 5.0 and options.batch == dask_engine.DEFAULT_BATCH
+    options = dask_options.Options.from_settings(crawler.Settings(engine_options={"scheduler": "tcp://127.0.0.1:1"}))
+    assert options.connect_timeout == 5.0 and options.batch == dask_options.DEFAULT_BATCH
 
 
 # --- the command line ---------------------------------------------------------------------

@@ -13,7 +13,8 @@ from test_following import sites  # noqa: E402,F401  (the fixture)
 
 import crawler  # noqa: E402
 from crawler.pipeline import RunOptions, run_engine  # noqa: E402
-from crawler_plugins.dask import run as dask_engine  # noqa: E402
+from crawler_plugins.dask.cluster import Connection  # noqa: E402
+from crawler_plugins.dask.engine import DaskEngine  # noqa: E402
 
 
 def _children() -> set[int]:
@@ -30,15 +31,15 @@ def _children() -> set[int]:
 
 def test_one_local_cluster_for_every_level_of_a_deep_crawl(sites, monkeypatch):  # noqa: F811
     opened = []
-    real_open = dask_engine._Connection.open
+    real_open = Connection.open
 
     def counted_open(self):
         opened.append(self.options.scheduler)
         return real_open(self)
 
-    monkeypatch.setattr(dask_engine._Connection, "open", counted_open)
+    monkeypatch.setattr(Connection, "open", counted_open)
     main, _ = sites
-    engine = dask_engine.DaskEngine()
+    engine = DaskEngine()
     before = _children()
     records: list[dict] = []
     settings = crawler.Settings(timeout=5.0, engine_options={"workers": "1"})
@@ -60,11 +61,11 @@ def test_one_local_cluster_for_every_level_of_a_deep_crawl(sites, monkeypatch): 
 
 def test_fetch_outside_a_session_still_opens_and_closes_its_own_cluster(sites, dask_scheduler, monkeypatch):  # noqa: F811
     opened = []
-    real_open = dask_engine._Connection.open
-    monkeypatch.setattr(dask_engine._Connection, "open", lambda self: (opened.append(1), real_open(self))[1])
+    real_open = Connection.open
+    monkeypatch.setattr(Connection, "open", lambda self: (opened.append(1), real_open(self))[1])
     main, _ = sites
     settings = crawler.Settings(timeout=5.0, engine_options={"scheduler": dask_scheduler})
-    engine = dask_engine.DaskEngine()
+    engine = DaskEngine()
     for _ in range(2):  # a plugin caller without the pipeline: each fetch() connects on its own
         [result] = list(engine.fetch([main.url("/d")], settings))
         assert result.ok
