@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from lxml import etree  # noqa: E402
 from selectolax.lexbor import LexborHTMLParser  # noqa: E402
 
-from crawler import parse  # noqa: E402
+from crawler import parse, simhash  # noqa: E402
 
 NON_VISIBLE = ("script", "style", "noscript", "template")
 WORD_RE = re.compile(r"\w+")
@@ -279,7 +279,7 @@ def simhash_naive(raw_words: list[str]) -> str:
 
 def simhash_numpy_cold(raw_words: list[str]) -> str:
     # A fresh word-hash cache each time: the cost on a page of unseen words.
-    parse._word_hashes = parse._WordHashCache()
+    simhash._word_hashes = simhash._WordHashCache()
     return parse.simhash_words(raw_words)
 
 
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     assert all(simhash_naive(*w) == parse.simhash_words(*w) for w in word_lists), "simhash mismatch"
     naive_ms = cpu_ms_per_call(simhash_naive, word_lists, 1)
     cold_ms = cpu_ms_per_call(simhash_numpy_cold, word_lists, args.rounds)
-    parse._word_hashes = parse._WordHashCache()
+    simhash._word_hashes = simhash._WordHashCache()
     warm_ms = cpu_ms_per_call(parse.simhash_words, word_lists, args.rounds)
     print_table(
         "simhash of the visible words, CPU ms/page",
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # The whole parse stage, in this process.
     page_args = [(u, p, "text/html; charset=utf-8") for u, p in url_pages]
-    parse._word_hashes = parse._WordHashCache()
+    simhash._word_hashes = simhash._WordHashCache()
     first_ms = cpu_ms_per_call(parse.parse_page, page_args, 1)
     page_ms = cpu_ms_per_call(parse.parse_page, page_args, args.rounds)
     print_table(

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from crawler import parse
+from crawler import parse, simhash
 from crawler.parse import PARSE_FIELDS, decode_html, is_html, parse_batch, parse_page, simhash_words
 
 PAGE_URL = "http://example.com/dir/page.html"
@@ -429,12 +429,12 @@ def test_fast_simhash_matches_reference_on_many_word_lists():
 def test_fast_simhash_is_independent_of_the_word_cache(monkeypatch):
     words = re.findall(r"\w+", random_text(5, 300))
     warm = simhash_words(words)
-    monkeypatch.setattr(parse, "_word_hashes", parse._WordHashCache())
+    monkeypatch.setattr(simhash, "_word_hashes", simhash._WordHashCache())
     assert simhash_words(words) == warm
-    monkeypatch.setattr(parse, "_WORD_HASH_CACHE_MAX", 10)
-    over_the_limit = parse._word_hashes
+    monkeypatch.setattr(simhash, "_WORD_HASH_CACHE_MAX", 10)
+    over_the_limit = simhash._word_hashes
     assert simhash_words(words) == warm
-    assert parse._word_hashes is not over_the_limit
+    assert simhash._word_hashes is not over_the_limit
 
 
 def test_simhash_is_case_insensitive():
