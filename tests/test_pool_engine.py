@@ -26,7 +26,7 @@ from conftest import LocalServer, html_page
 import crawler
 from crawler.errors import CrawlerError
 from crawler.plugins import engines, get_plugin_manager
-from crawler_plugins import pool as pool_engine
+from crawler_plugins.pool.run import CHUNKSIZE, Run
 
 
 class Probe:
@@ -184,8 +184,8 @@ def test_worker_killed_while_sending_a_large_result_does_not_hang(engine, server
     # the middle of writing 30 MB to the result pipe: the pool's result thread
     # is then left waiting for the rest of that message.
     runs = []
-    init = pool_engine._Run.__init__
-    monkeypatch.setattr(pool_engine._Run, "__init__", lambda self, *a, **k: (init(self, *a, **k), runs.append(self))[0])
+    init = Run.__init__
+    monkeypatch.setattr(Run, "__init__", lambda self, *a, **k: (init(self, *a, **k), runs.append(self))[0])
     before = descendants()
     big = server.url("/big?n=30000000&jam")
     urls = [big] + [server.url(f"/page/jam{i}") for i in range(6)]
@@ -241,7 +241,7 @@ def test_urls_are_read_lazily_and_in_flight_is_bounded(engine, probe):
     got = [next(results) for _ in range(5)]
     results.close()
     assert all(r.ok for r in got)
-    in_flight = 2 * 2 * pool_engine.CHUNKSIZE  # the engine's limit for 2 workers
+    in_flight = 2 * 2 * CHUNKSIZE  # the engine's limit for 2 workers
     assert pulled <= in_flight + 5 + 1
 
 
