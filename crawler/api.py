@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import operator
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -143,11 +144,10 @@ def crawl(urls: Iterable[str], engine: str = "asyncio", **options) -> Iterator[d
         raise OptionError("crawl() runs at one concurrency level: use compare() to sweep")
     [found] = _engines(chosen, [engine])
     _check_urls(urls)
-    from .pipeline import EngineRun
+    from .pipeline import EngineRun, sized
 
-    run = EngineRun(
-        found, _url_strings(urls), chosen.settings(), chosen.run_options(), sitemaps=tuple(chosen.sitemap), notify=log.info
-    )
+    strings = sized(_url_strings(urls), operator.length_hint(urls) or None)
+    run = EngineRun(found, strings, chosen.settings(), chosen.run_options(), sitemaps=tuple(chosen.sitemap), notify=log.info)
     return iter(run)
 
 
@@ -169,7 +169,7 @@ def compare(
     chosen = Options.of("compare", options)
     selected = _engines(chosen, [engines] if isinstance(engines, str) else list(engines))
     _check_urls(urls)
-    from .pipeline import run_engine
+    from .pipeline import run_engine, sized
     from .report import build_report
 
     settings, run_options, levels = chosen.settings(), chosen.run_options(), chosen.levels()
@@ -178,8 +178,9 @@ def compare(
     with _replayable(urls) as replay:
         for level in levels:
             for engine in selected:
+                listed = replay()
                 stats = run_engine(
-                    engine, _url_strings(replay()), settings.replace(concurrency=level), run_options,
+                    engine, sized(_url_strings(listed), operator.length_hint(listed) or None), settings.replace(concurrency=level), run_options,
                     on_record or (lambda record: None), sitemaps=tuple(chosen.sitemap), notify=log.info,
                 )  # fmt: skip
                 summaries.append(dict(stats.summary(), sweep=sweep))

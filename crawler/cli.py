@@ -308,10 +308,10 @@ def _run_job(job: _Job, summaries: list[dict]) -> ExitCode:
             writer = _open_records(job)
             stack.callback(writer.close)
             progress = stack.enter_context(_progress(job.args.quiet))
-            if progress is not None and total is None and job.args.urls_file not in (None, "-"):
+            if total is None and job.args.urls_file not in (None, "-"):
                 from .urls import count_url_lines
 
-                total = count_url_lines(job.args.urls_file)  # one streaming pass, for the ETA
+                total = count_url_lines(job.args.urls_file)  # one streaming pass: the ETA, and pool sizes
             for level in job.levels:
                 for engine in job.chosen:
                     stats = _run_one(job, engine, level, sources, writer, progress, total, exclude, summaries)
@@ -378,7 +378,7 @@ def _run_one(job: _Job, engine, level: int, sources, writer, progress, total, ex
     """One engine at one level: its records written, its progress line, its summary kept (also when stopped)."""
     from .frontier import state_path
     from .outputs import CompletedUrls
-    from .pipeline import run_engine
+    from .pipeline import run_engine, sized
     from .text import terminal_safe
 
     args = job.args
@@ -391,7 +391,7 @@ def _run_one(job: _Job, engine, level: int, sources, writer, progress, total, ex
     deep_file = args.depth and args.out and not job.records_to_stdout
     try:
         stats = run_engine(
-            engine, sources(), job.options.settings().replace(concurrency=level), job.options.run_options(), writer.write,
+            engine, sized(sources(), total), job.options.settings().replace(concurrency=level), job.options.run_options(), writer.write,
             advance, exclude, done.take if done else None, state=state_path(args.out, engine.name) if deep_file else None,
             resume=args.resume, sitemaps=job.options.sitemap, notify=lambda line: typer.echo(terminal_safe(f"crawl: {line}"), err=True),
         )  # fmt: skip

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import operator
 import os
 import threading
 from dataclasses import dataclass
@@ -374,19 +375,23 @@ class EngineRun:
             urls = itertools.chain(urls, self.spool)
         listed = frontier.listed if frontier is not None else None
         level_urls: Iterable[str] = counted(urls, self.stats, self.skip, self._refuse, listed)
+        listed_count = operator.length_hint(self.urls, -1)
+        remaining = None if listed_count < 0 else lambda: listed_count - self.stats.lines_read  # noqa: E731
         for level in range(self.options.depth + 1 if self.following else 1):
             if level:
                 if not frontier.count_at(level):
                     break  # nothing was found to go deeper with
                 frontier.begin_level(level)
                 level_urls = self._followed(level)
-            yield from self._level(level_urls)
+                queued, taken = frontier.count_at(level), self.stats.pulled
+                remaining = lambda: queued - (self.stats.pulled - taken)  # noqa: E731
+            yield from self._level(level_urls, remaining)
         if frontier is not None:
             frontier.finish()
 
-    def _level(self, urls: Iterable[str]) -> Iterator[dict]:
-        """One engine.fetch() call over ``urls``, and its pages parsed to the last."""
-        pending = _nonempty(urls)
+    def _level(self, urls: Iterable[str], remaining: Callable[[], int] | None) -> Iterator[dict]:
+        """One engine.fetch() call over ``urls`` (about ``remaining()`` more, if known), and its pages parsed to the last."""
+        pending = _nonempty(urls, remaining)
         yield from self._hand_out()  # e.g. refused overlong lines
         if pending is None:
             return  # e.g. resumed: every URL of the level has its record
@@ -528,12 +533,63 @@ def _read_sitemaps(engine: Engine, sources: Sequence[str], settings: Settings, f
     return spool
 
 
-def _nonempty(urls: Iterable[str]) -> Iterator[str] | None:
-    """``urls`` as an iterator, or None when it has none (no engine run is started for nothing)."""
+def _nonempty(urls: Iterable[str], remaining: Callable[[], int] | None = None) -> Iterator[str] | None:
+    """``urls`` as an iterator, or None when it has none (no engine run is started for nothing).
+
+    ``remaining()``: how many URLs ``urls`` may still give (None: unknown).
+    The iterator passes that on (PEP 424, ``operator.length_hint``), so that
+    an engine that starts a process per request in flight starts no more
+    than the list needs.
+    """
     iterator = iter(urls)
     for first in iterator:
-        return itertools.chain((first,), iterator)
+        if remaining is None:
+            return itertools.chain((first,), iterator)
+        held = [first]
+
+        def give() -> Iterator[str]:
+            yield held.pop()
+            yield from iterator
+
+        return URLStream(give(), lambda: remaining() + len(held))
     return None
+
+
+class URLStream:
+    """An iterator of URLs that tells how many are left (``operator.length_hint``)."""
+
+    def __init__(self, urls: Iterator[str], remaining: Callable[[], int]) -> None:
+        self._urls = urls
+        self._remaining = remaining
+
+    def __iter__(self) -> "URLStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._urls)
+
+    def __length_hint__(self) -> int:
+        return max(self._remaining(), 0)
+
+    def close(self) -> None:
+        close = getattr(self._urls, "close", None)
+        if close:
+            close()
+
+
+def sized(urls: Iterable[str], count: int | None) -> Iterable[str]:
+    """``urls``, known to be ``count`` (a counted file, the demo's pages), telling so to :class:`EngineRun`."""
+    if count is None:
+        return urls
+    taken = 0
+
+    def counting() -> Iterator[str]:
+        nonlocal taken
+        for url in urls:
+            taken += 1
+            yield url
+
+    return URLStream(counting(), lambda: count - taken)
 
 
 class _Halt:

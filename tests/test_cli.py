@@ -90,7 +90,8 @@ def test_builtins_are_registered_through_entry_points():
     found = {ep.name: ep.value for ep in entry_points(group="crawler")}
     assert found["asyncio"] == "crawler_plugins.asyncio_engine"
     assert found["threads"] == "crawler_plugins.threads_engine"
-    assert found["pool"] == "crawler_plugins.pool_engine"
+    assert found["pool"] == "crawler_plugins.pool"
+    assert found["dask"] == "crawler_plugins.dask"
     assert found["yield"] == "crawler_plugins.yield_engine"
 
 

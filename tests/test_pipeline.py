@@ -224,3 +224,32 @@ def test_retry_after_beyond_the_cap_is_not_waited_for():
 def test_429_without_retry_after_backs_off_exponentially():
     result, _, sleeps = drive("http://a.test/", [html(429), html(429), html(200)])
     assert result.ok and len(sleeps) == 2 and all(s > 0 for s in sleeps)
+
+
+class _HintProbe:
+    """Records what operator.length_hint says of its URLs, before and after taking one."""
+
+    name, description, options = "hint-probe", "records length hints", {}
+
+    def __init__(self):
+        self.hints = []
+
+    def fetch(self, urls, settings):
+        import operator
+
+        self.hints.append(operator.length_hint(urls, -1))
+        for url in urls:
+            self.hints.append(operator.length_hint(urls, -1))
+            yield crawler.FetchResult(url=url, error="other")
+
+
+def test_engines_are_told_how_many_urls_are_left_when_it_is_known():
+    from crawler.pipeline import EngineRun, sized
+
+    urls = [f"http://a.test/{i}" for i in range(4)]
+    known = _HintProbe()
+    assert len(list(EngineRun(known, sized((u for u in urls), 4), crawler.Settings(), RunOptions(parse=False)))) == 4
+    assert known.hints == [4, 3, 2, 1, 0]  # pool starts min(concurrency, URLs) processes by it
+    unknown = _HintProbe()
+    list(EngineRun(unknown, (u for u in urls), crawler.Settings(), RunOptions(parse=False)))
+    assert unknown.hints == [-1] * 5  # a generator: nothing is claimed
