@@ -38,6 +38,7 @@ _DONE = object()
 class AsyncioEngine:
     name = "asyncio"
     description = "aiohttp ClientSession, asyncio.gather over worker coroutines fed by a queue"
+    options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         loop = asyncio.new_event_loop()

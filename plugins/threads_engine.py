@@ -17,6 +17,7 @@ from crawler.fetching import InFlight, fetch_plan, run_blocking
 class ThreadsEngine:
     name = "threads"
     description = "ThreadPoolExecutor + requests, a Session per thread"
+    options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         from crawler import requests_exchange  # requests is imported when fetching, not when listing engines

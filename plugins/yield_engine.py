@@ -448,6 +448,7 @@ def producer(urls: Iterable[str]) -> Iterator[str]:
 class YieldEngine:
     name = "yield"
     description = "generator coroutines on one thread: selectors, non-blocking sockets and ssl, h11"
+    options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         loop = Loop()
