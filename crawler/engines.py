@@ -48,8 +48,23 @@ class FetchResult:
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """What the pipeline tells an engine about one run: not the user's options, filled in for each run."""
+
+    # what the pipeline will do with pages, for engines that parse where they fetch
+    parse: bool = True
+    want_links: bool = False
+    # the caller reads the bodies (sitemaps are fetched with parse=False and this on):
+    # an engine that parses where it fetches and keeps bodies there sends them back
+    want_bodies: bool = False
+    # the run's per-host politeness (crawler.politeness.HostGate, or its proxy for engines
+    # that fetch in processes): every fetch of the run asks it; None when no rule is on
+    gate: object | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Every option an engine may need, with the command line's defaults."""
+    """Every option an engine may need, with the command line's defaults; ``run``, the pipeline's context."""
 
     concurrency: int = 32
     timeout: float = 10.0
@@ -62,20 +77,22 @@ class Settings:
     backoff_max: float = 5.0
     max_retry_after: float = 60.0  # a longer Retry-After is not waited for: the URL fails
     engine_options: Mapping[str, str] = field(default_factory=dict)
-    # what the pipeline will do with pages, for engines that parse where they fetch
-    parse: bool = True
-    want_links: bool = False
-    # the caller reads the bodies (sitemaps are fetched with parse=False and this on):
-    # an engine that parses where it fetches and keeps bodies there sends them back
-    want_bodies: bool = False
-    # politeness (see crawler.politeness): filled in per run by the pipeline
+    # politeness (see crawler.politeness)
     per_host: int | None = None
     delay: float = 0.0
     robots: bool = True
-    gate: object | None = field(default=None, compare=False, repr=False)
+    run: RunContext = field(default_factory=RunContext)
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def with_run(self, **changes) -> "Settings":
+        """These settings with ``run`` changed (see :class:`RunContext`)."""
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
+
+    def options(self) -> dict:
+        """The user's options alone, as a dict (what the report shows)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
 
 
 @runtime_checkable
@@ -124,7 +141,7 @@ class Engine(Protocol):
 #   the parse fields (those of :data:`crawler.parse.PARSE_FIELDS`) and may
 #   leave ``body`` empty, giving the decoded size in ``size``; the pipeline
 #   then writes the record without parsing again.  With
-#   ``settings.want_bodies`` it must send the body back (``--sitemap`` reads it).
+#   ``settings.run.want_bodies`` it must send the body back (``--sitemap`` reads it).
 #
 # ``session(settings)``: a context manager the pipeline enters once around
 #   all of a run's ``fetch()`` calls (one per ``--depth`` level, and the

@@ -365,7 +365,7 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
     except FetchError as exc:
         return result(error=exc.code, detail=exc.detail)
     headers = headers or request_headers(settings)
-    gate = settings.gate
+    gate = settings.run.gate
     redirects = 0
     retry = 0
     while True:

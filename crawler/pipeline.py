@@ -351,9 +351,9 @@ class EngineRun:
                 options.parse_workers, self.complete, options.batch_size, options.parse_bytes_in_flight, options.parse_timeout
             )
             self.stage.want_links = self.want_links
-        settings = self.settings.replace(parse=options.parse, want_links=self.want_links)
+        settings = self.settings.with_run(parse=options.parse, want_links=self.want_links)
         self.gate, self.gate_manager = _politeness_gate(engine, settings)
-        self.run_settings = settings.replace(gate=self.gate) if self.gate is not None else settings
+        self.run_settings = settings.with_run(gate=self.gate) if self.gate is not None else settings
         self._session = getattr(engine, "session", None)
 
     def _engine_ready(self) -> None:
@@ -506,7 +506,7 @@ def _read_sitemaps(engine: Engine, sources: Sequence[str], settings: Settings, f
     """Expand ``sources`` through ``engine`` (parse off, bodies back): page URLs in a spool, failures to ``failed``."""
     from .sitemaps import PageURL, URLSpool, expand_sitemaps
 
-    fetch_settings = settings.replace(parse=False, want_links=False, want_bodies=True)
+    fetch_settings = settings.with_run(parse=False, want_links=False, want_bodies=True)
     spool = URLSpool()
     events = expand_sitemaps(sources, lambda batch: engine.fetch(batch, fetch_settings), max_bytes=settings.max_bytes)
     counts = None

@@ -33,10 +33,8 @@ def build_report(
     fastest = max((s["pages_per_s"] for s in summaries), default=0) or 1e-9
     cores = os.cpu_count() or 1
     engines = [dict(s, relative=s["pages_per_s"] / fastest, verdict=judge(s, cores, latency_s)) for s in summaries]
-    merged = {**asdict(settings.replace(gate=None)), **asdict(options), **(extra_settings or {})}
-    merged.pop("want_links", None)
+    merged = {**settings.options(), **asdict(options), **(extra_settings or {})}
     merged["engine_options"] = dict(settings.engine_options)
-    merged.pop("gate", None)
     return {
         "engines": engines,
         "settings": merged,

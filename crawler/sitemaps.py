@@ -312,7 +312,7 @@ def expand_sitemaps(
     ``fetch(urls)`` fetches a list of sitemap URLs and yields one
     :class:`FetchResult` per URL, in any order, bodies included: the chosen
     engine with parsing off, e.g. ``lambda urls: engine.fetch(urls,
-    settings.replace(parse=False, want_links=False, want_bodies=True))`` (as
+    settings.with_run(parse=False, want_links=False, want_bodies=True))`` (as
     :func:`crawler.pipeline.run_engine` does for ``--sitemap``).  It is called once
     per level of nesting (breadth-first), never while another call's results
     are still being read.  ``max_bytes`` bounds a gzip document once inflated

@@ -271,7 +271,7 @@ def test_the_engine_declares_exactly_the_keys_it_reads():
 def test_links_travel_back_when_the_pipeline_wants_them_unless_told():
     def links(**given):
         options = given.pop("engine_options", {})
-        return dask_options.Options.from_settings(crawler.Settings(engine_options=options, **given)).links
+        return dask_options.Options.from_settings(crawler.Settings(engine_options=options).with_run(**given)).links
 
     assert links() is False and links(want_links=True) is True
     assert links(want_links=True, engine_options={"links": "0"}) is False and links(engine_options={"links": "1"}) is True

@@ -124,7 +124,7 @@ def engine_fetch(engine_name: str, want_bodies: bool = True, **overrides):
     extra = ENGINE_SETTINGS.get(engine_name, {})
     settings = crawler.Settings(
         **{"timeout": 5.0, "concurrency": 8, "backoff_base": 0.05, "max_bytes": MAX_BYTES, **extra, **overrides}
-    ).replace(parse=False, want_links=False, want_bodies=want_bodies)
+    ).with_run(parse=False, want_links=False, want_bodies=want_bodies)
     return lambda urls: engine.fetch(urls, settings)
 
 
@@ -138,7 +138,7 @@ def expand(engine_name: str, sources, want_bodies: bool = True, **limits):
 
 @pytest.fixture
 def bodies_engine(engine_name):
-    """The engine's name: every engine hands bodies back when asked (``Settings.want_bodies``; dask keeps them otherwise)."""
+    """The engine's name: every engine hands bodies back when asked (``Settings.run.want_bodies``; dask keeps them otherwise)."""
     return engine_name
 
 

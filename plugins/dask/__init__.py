@@ -9,7 +9,7 @@ client is one :class:`crawler.FetchResult` per URL with ``body=b""``,
 ``size`` set and ``parsed`` holding the parse fields (sha256 included), so
 page bodies never cross the network and the pipeline writes each record
 without parsing it again.  Only when the caller reads the bodies itself
-(``Settings.want_bodies``: ``--sitemap`` documents) are they sent back.
+(``Settings.run.want_bodies``: ``--sitemap`` documents) are they sent back.
 
 Politeness (``--robots``, ``--per-host``, ``--delay``) is kept on the
 workers, in one :class:`~crawler.politeness.HostGate` per worker process per

@@ -19,7 +19,7 @@
     ``--no-parse`` (which reaches the engine as ``Settings.parse``).
 ``links=0|1``
     whether each page's link URLs travel back to the client; by default they
-    do when the pipeline asks for them (``Settings.want_links``: ``--depth``
+    do when the pipeline asks for them (``Settings.run.want_links``: ``--depth``
     or ``--record-links``).
 
 A bad value is a :class:`~crawler.errors.CrawlerError` naming the key.
@@ -75,8 +75,8 @@ class Options:
             workers=_number(raw, "workers", os.cpu_count() or 1, int, 1),
             connect_timeout=_number(raw, "connect_timeout", CONNECT_TIMEOUT_S, float, 0.1),
             worker_wait=_number(raw, "worker_wait", WORKER_WAIT_S, float, 0.1),
-            parse=_flag(raw, "parse", True) and settings.parse,
-            links=_flag(raw, "links", settings.want_links),
+            parse=_flag(raw, "parse", True) and settings.run.parse,
+            links=_flag(raw, "links", settings.run.want_links),
         )
 
 

@@ -228,8 +228,7 @@ class Run:
             concurrency=max(1, min(len(batch.urls), math.ceil(self.settings.concurrency / max(self.threads, 1)))),
             engine_options={},
             ca_file=None,  # its contents travel instead
-            gate=None,  # the client's gate stays here: workers keep their own (see worker.gate_for)
-        )
+        ).with_run(gate=None)  # the client's gate stays here: workers keep their own (see worker.gate_for)
         gate_spec = None
         if self.polite:
             gate_spec = (self.connection.gate_token, 1 if self.partition else max(len(self.workers), 1))

@@ -170,7 +170,7 @@ def run_batch(
         settings = settings.replace(ca_file=_ca_path(ca_pem))
     if gate_spec is not None:
         token, share = gate_spec
-        settings = settings.replace(gate=gate_for(token, share, settings))
+        settings = settings.with_run(gate=gate_for(token, share, settings))
     results = []
     # The asyncio engine runs its event loop in this thread whenever the loop below asks for the
     # next result: a page is parsed between two such waits, while the other fetches wait for it.
@@ -191,7 +191,7 @@ def run_batch(
         results.append(
             dataclasses.replace(
                 result,
-                body=body if settings.want_bodies else b"",  # the client reads them (sitemaps), else they stay here
+                body=body if settings.run.want_bodies else b"",  # the client reads them (sitemaps), else they stay here
                 size=len(body),
                 parsed=fields,
                 error=error,
