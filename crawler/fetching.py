@@ -41,9 +41,9 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from .engines import FetchResult, Settings
 from .politeness import ROBOTS_KNOWN, ROBOTS_PENDING
-from .urls import host_key, host_port  # noqa: F401  (host_port: for the engines that open their own connections)
+from .urls import host_key
 
-# SPEC §6.  "parse" and "robots" are given by the pipeline, never by engines.
+# SPEC §6.  Every code but "parse" (the parse stage's) comes from the fetch plan below, the same in every engine.
 ERROR_CODES = (
     "invalid_url",
     "dns",
