@@ -343,3 +343,22 @@ def test_workers_exit_when_the_parent_is_killed(probe):
     finally:
         for left in _session_processes(process.pid):
             left.kill()
+
+
+def test_a_short_list_starts_no_more_processes_than_it_has_urls(tmp_path, probe):
+    # the whole command: the URL file is counted, and the pool told (operator.length_hint)
+    urls = tmp_path / "urls.txt"
+    urls.write_text(probe.url("/port?short-list") + "\n")
+    report = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "crawler", str(urls), "-e", "pool", "-c", "32", "--no-parse", "-q", "--report", str(report)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    import json
+
+    [summary] = json.loads(report.read_text())["engines"]
+    assert summary["ok"] == 1 and summary["engine_stats"]["processes"] == 1
+    # a list whose length is unknown (a generator) keeps one process per request in flight
+    unknown = Run((u for u in ["http://a.test/"]), settings(concurrency=5), None, 1)
+    assert unknown.processes == 5

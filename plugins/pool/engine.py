@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 import crawler
 from crawler.errors import CrawlerError
+from crawler.processes import start_context
 
 from . import worker
 from .cpython_internals import add_forkserver_preload
@@ -59,8 +60,10 @@ class PoolEngine:
 
 
 def _context(settings: crawler.Settings):
+    method = settings.engine_options.get("start_method")
+    if not method:
+        return start_context()
     methods = multiprocessing.get_all_start_methods()
-    method = settings.engine_options.get("start_method") or ("forkserver" if "forkserver" in methods else "spawn")
     if method not in methods:
         raise CrawlerError(f"--engine-opt start_method for pool expects one of {', '.join(methods)}, got {method!r}")
     return multiprocessing.get_context(method)

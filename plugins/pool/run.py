@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import operator
 import time
 from dataclasses import dataclass
 from typing import Generator, Iterable
@@ -113,7 +114,9 @@ class Run:
         self.settings = settings
         self.ctx = ctx
         self.chunk = chunk
-        self.processes = max(1, settings.concurrency)
+        # one process per request in flight, but no more than the list has URLs, when it says (PEP 424)
+        listed = operator.length_hint(urls, 0)
+        self.processes = max(1, min(settings.concurrency, listed) if listed > 0 else settings.concurrency)
         # Most URLs ever read and not yet answered (see _limit): enough to keep
         # every worker busy with a batch while another waits for it.
         self.limit = 2 * self.processes * self.chunk
@@ -155,6 +158,7 @@ class Run:
                     crew.stop(graceful=finished and crew is self.current)
         return {
             "start_method": self.ctx.get_start_method(),
+            "processes": self.processes,
             "pools": self.pools,
             "workers_died": self.workers_died,
             "tasks": self.tasks,
