@@ -132,3 +132,12 @@ def test_breaking_out_of_the_loop_stops_every_process_and_thread(tmp_path, serve
     during, processes_left, threads_left = map(int, done.stdout.split())
     assert during >= 2  # the parse workers at least: something to stop
     assert (processes_left, threads_left) == (0, 0)
+
+
+def test_from_an_interactive_session_where_main_has_no_file(tmp_path, server):
+    # as in a REPL or a notebook: __main__ has no __file__ (python -c)
+    urls = [server.url(f"/page/repl-{i}") for i in range(6)]
+    code = textwrap.dedent(SCRIPT_WITHOUT_GUARD).replace("urls = sys.argv[1:]", f"urls = {urls!r}")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["12", "6"]
