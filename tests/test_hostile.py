@@ -9,17 +9,20 @@ exchange, a name that does not resolve, and all of it mixed in one list run
 through the real command.  Nothing here names an engine: an engine joins the
 matrix by registering.
 
-Everything talks to 127.0.0.1 only.  The DNS case runs the command in a
-private mount namespace whose /etc/resolv.conf points at a stub on
-127.0.0.1:53 answering NXDOMAIN, so no query leaves the machine.
+Everything talks to loopback only.  The DNS case runs the command in a
+private mount namespace whose /etc/resolv.conf points at a stub on port 53
+of a loopback address of its own (127.53.x.y) answering NXDOMAIN, so no
+query leaves the machine, and parallel test workers never share a stub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -585,16 +588,33 @@ def read_records(path: Path) -> list[dict]:
 
 
 class NxdomainStub:
-    """A UDP DNS server on 127.0.0.1:53 answering NXDOMAIN to every query.
+    """A UDP DNS server on port 53 of a loopback address of its own, answering NXDOMAIN to every query.
 
-    SO_REUSEPORT: another run of this suite may hold the port too; queries are
-    then shared between the stubs, which all answer alike.
+    Port 53 is fixed (resolv.conf names no port), so each stub takes a random
+    address in 127.53.0.0/16 that no other stub holds: tests on parallel
+    workers, or another run of this suite, each get theirs, and every query a
+    stub sees is from its own test.  Where only 127.0.0.1 is loopback, it
+    shares 127.0.0.1:53 (SO_REUSEPORT) with any other stub, which all answer alike.
     """
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.sock.bind(("127.0.0.1", 53))
+        try:
+            for attempt in itertools.count():
+                self.address = f"127.53.{random.randrange(256)}.{random.randrange(1, 255)}"
+                try:
+                    self.sock.bind((self.address, 53))
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE or attempt == 50:
+                        raise
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                self.sock.close()
+                raise
+            self.address = "127.0.0.1"
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.sock.bind((self.address, 53))
         self.sock.settimeout(0.2)
         self.names: list[bytes] = []
         self.stop = threading.Event()
@@ -649,21 +669,21 @@ class NxdomainStub:
 
 @pytest.fixture(scope="module")
 def private_resolver(tmp_path_factory):
-    """(stub, command prefix): the prefix runs a command with /etc/resolv.conf -> 127.0.0.1 (stub) only."""
+    """(stub, command prefix): the prefix runs a command with /etc/resolv.conf -> the stub's address only."""
     if not shutil.which("unshare"):
         pytest.skip("unshare is not installed")
     try:
         stub = NxdomainStub()
     except OSError as exc:
-        pytest.skip(f"cannot bind 127.0.0.1:53 for a DNS stub: {exc}")
+        pytest.skip(f"cannot bind port 53 on loopback for a DNS stub: {exc}")
     resolv = tmp_path_factory.mktemp("dns") / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    resolv.write_text(f"nameserver {stub.address}\noptions timeout:1 attempts:1\n")
     prefix = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv)]
     try:
         probe = subprocess.run([*prefix, "cat", "/etc/resolv.conf"], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         probe = subprocess.CompletedProcess([], 1, "", str(exc))
-    if probe.returncode != 0 or probe.stdout.split() != ["nameserver", "127.0.0.1", "options", "timeout:1", "attempts:1"]:
+    if probe.returncode != 0 or probe.stdout.split() != ["nameserver", stub.address, "options", "timeout:1", "attempts:1"]:
         stub.close()
         pytest.skip(f"no private mount namespace with our resolv.conf here: {probe.stderr.strip()[:200]}")
     yield stub, prefix
