@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import importlib.util
 import logging
 import socket
 import struct
@@ -231,6 +232,15 @@ def refused_port():
 
 ENGINE_NAMES = sorted(registered_engines(get_plugin_manager()))
 
+# Every engine, for a test that runs the command without the session's resources
+# (dask: the run starts a LocalCluster of its own), where engine_name would
+# start the session cluster for nothing.
+COMMAND_ENGINES = [
+    pytest.param(name, marks=pytest.mark.skipif(not importlib.util.find_spec("distributed"), reason="dask not installed"))
+    if name == "dask" else name
+    for name in ENGINE_NAMES
+]  # fmt: skip
+
 
 # Engines that run on a resource shared by the whole session: the fixture giving
 # their extra settings.  run_records() adds ENGINE_SETTINGS[name] to every run.
@@ -246,9 +256,29 @@ def engine_name(request) -> str:
     return request.param
 
 
+def uses_session_cluster(item) -> bool:
+    """Whether a test connects to the session's LocalCluster (dask_scheduler), directly or through engine_name."""
+    callspec = getattr(item, "callspec", None)
+    return "dask_scheduler" in getattr(item, "fixturenames", ()) or (callspec is not None and callspec.params.get("engine_name") == "dask")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (README: -n 4 --dist loadgroup) each worker process has its
+    # own session fixtures: every worker running a test of the session cluster would
+    # start a LocalCluster of its own, whose idle processes take about a tenth of a
+    # core each for the rest of the run.  One group: one worker, one cluster.
+    for item in items:
+        if uses_session_cluster(item):
+            item.add_marker(pytest.mark.xdist_group("dask-session-cluster"))
+
+
 @pytest.fixture(scope="session")
 def dask_scheduler():
-    """One LocalCluster for the session (2 single-threaded worker processes): a dask run only connects to it."""
+    """One LocalCluster for the session (2 single-threaded worker processes): a dask run only connects to it.
+
+    One per process: under pytest-xdist, the tests using it are grouped on one
+    worker (pytest_collection_modifyitems), so that the run has one cluster.
+    """
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR,

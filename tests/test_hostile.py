@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ENGINE_SETTINGS, by_url, run_records
+from conftest import COMMAND_ENGINES, ENGINE_SETTINGS, by_url, run_records
 
 import crawler
 from crawler.fetching import (
@@ -690,7 +690,8 @@ def private_resolver(tmp_path_factory):
     stub.close()
 
 
-def test_unresolvable_name_is_dns_never_timeout(engine_name, server, private_resolver, tmp_path):
+@pytest.mark.parametrize("engine", COMMAND_ENGINES)  # not engine_name: the session cluster would be started for nothing
+def test_unresolvable_name_is_dns_never_timeout(engine, server, private_resolver, tmp_path):
     stub, prefix = private_resolver
     missing = ["http://no-such-host.example.test/", "http://no-such-host.example.test/again", "http://also-missing.example.test:8080/x"]
     healthy = server.url("/page/dns-neighbour")
@@ -698,7 +699,7 @@ def test_unresolvable_name_is_dns_never_timeout(engine_name, server, private_res
     urls_file.write_text("\n".join([missing[0], healthy, *missing[1:]]) + "\n")
     # Nothing engine-specific is passed: an engine that needs a cluster starts its own,
     # inside the namespace (a cluster outside it would resolve with the machine's resolver).
-    result = run_cli([str(urls_file), "-e", engine_name, "--no-robots", "--retries", "0", "--timeout", "3", "--no-parse", "--out", str(out), "-q"], timeout=180, prefix=prefix)
+    result = run_cli([str(urls_file), "-e", engine, "--no-robots", "--retries", "0", "--timeout", "3", "--no-parse", "--out", str(out), "-q"], timeout=180, prefix=prefix)
     assert result.returncode == 0, result.stderr[-3000:]
     records = read_records(out)
     assert Counter(record["url"] for record in records) == Counter([*missing, healthy])

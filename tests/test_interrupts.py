@@ -16,7 +16,6 @@ milliseconds.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -28,14 +27,10 @@ import time
 
 import psutil
 import pytest
-from conftest import ENGINE_NAMES
+from conftest import COMMAND_ENGINES
 
 # Every engine, each starting what it starts in a real run (dask: its own LocalCluster).
-ENGINES = [
-    pytest.param(name, marks=pytest.mark.skipif(not importlib.util.find_spec("distributed"), reason="dask not installed"))
-    if name == "dask" else name
-    for name in ENGINE_NAMES
-]  # fmt: skip
+ENGINES = COMMAND_ENGINES
 
 # A first Ctrl-C: the clean stop (close the engine, drain the parse stage, write, report).
 # Measured on an idle 2-core machine: 0.4-1.5 s, dask 5-6 s (its LocalCluster closing).
@@ -175,11 +170,12 @@ def check_clean_stop(out, report, stdout: str, stderr: str, most: int) -> list[d
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_keeps_what_was_fetched_and_leaves_no_process(engine_name, server, tmp_path, signum, code):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_signal_keeps_what_was_fetched_and_leaves_no_process(engine, server, tmp_path, signum, code):
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(server.url(f"/delay?s=0.4&i={i}") + "\n" for i in range(400)))
     out, report = tmp_path / "r.jsonl", tmp_path / "r.json"
-    process = crawl(tmp_path, str(urls), "-e", engine_name, "-c", "8", "--parse-workers", "1", "--out", str(out), "--report", str(report), "-q")
+    process = crawl(tmp_path, str(urls), "-e", engine, "-c", "8", "--parse-workers", "1", "--out", str(out), "--report", str(report), "-q")
     assert wait_for(lambda: lines(out) > 0, process=process), "no record came"
     process.send_signal(signum)  # to the crawl alone, as `kill -INT PID` does
     stdout, stderr, took = finish(process)
@@ -247,12 +243,13 @@ def test_kill_9_leaves_no_process_of_the_run(engine, tmp_path):
     assert not left, f"{len(left)} of the {len(started)} processes the run had started are still alive:\n" + "\n".join(left)
 
 
-def test_sigkill_then_resume_gives_a_complete_duplicate_free_file(engine_name, server, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sigkill_then_resume_gives_a_complete_duplicate_free_file(engine, server, tmp_path):
     urls = tmp_path / "urls.txt"
     all_urls = [server.url(f"/delay?s=0.05&i={i}") for i in range(200)]
     urls.write_text("\n".join(all_urls) + "\n")
     out = tmp_path / "r.jsonl"
-    command = [sys.executable, "-m", "crawler", str(urls), "-e", engine_name, "-c", "4", "--parse-workers", "1", "--out", str(out), "-q"]
+    command = [sys.executable, "-m", "crawler", str(urls), "-e", engine, "-c", "4", "--parse-workers", "1", "--out", str(out), "-q"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     assert wait_for(lambda: lines(out) >= 20, process=process)
     os.killpg(process.pid, signal.SIGKILL)  # the whole group: workers too, as a machine crash would
