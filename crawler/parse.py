@@ -290,6 +290,8 @@ def init_worker(clock=None, next_slot=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     follow_parent()
     signal.signal(signal.SIGALRM, _on_alarm)
+    # numpy is loaded now, as the worker starts: on the first page it would count against --parse-timeout
+    from . import simhash  # noqa: F401
     if clock is not None:
         with next_slot.get_lock():
             slot = next_slot.value

@@ -401,7 +401,7 @@ def test_unreachable_scheduler_is_a_one_line_usage_error(tmp_path, refused_port,
     result = subprocess.run(
         [sys.executable, "-m", "crawler", str(urls), "-e", "dask", "-q",
          "--engine-opt", f"scheduler=tcp://127.0.0.1:{refused_port}", "--engine-opt", "connect_timeout=2"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result
@@ -409,7 +409,8 @@ def test_unreachable_scheduler_is_a_one_line_usage_error(tmp_path, refused_port,
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith(f"crawl: error: cannot reach Dask scheduler tcp://127.0.0.1:{refused_port}: ")
     assert "after 2 s" in lines[0]
-    assert elapsed < 10
+    # dask's own default would wait 30 s; start-up (dask's imports) on a loaded machine takes several
+    assert elapsed < 25
 
 
 def test_the_scheduler_is_given_five_seconds_by_default():
