@@ -263,7 +263,7 @@ def uses_session_cluster(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    # Under pytest-xdist (README: -n 4 --dist loadgroup) each worker process has its
+    # Under pytest-xdist (README: -n N --dist loadgroup) each worker process has its
     # own session fixtures: every worker running a test of the session cluster would
     # start a LocalCluster of its own, whose idle processes take about a tenth of a
     # core each for the rest of the run.  One group: one worker, one cluster.
