@@ -265,8 +265,10 @@ def uses_session_cluster(item) -> bool:
 def pytest_collection_modifyitems(config, items):
     # Under pytest-xdist (README: -n N --dist loadgroup) each worker process has its
     # own session fixtures: every worker running a test of the session cluster would
-    # start a LocalCluster of its own, whose idle processes take about a tenth of a
-    # core each for the rest of the run.  One group: one worker, one cluster.
+    # start a LocalCluster of its own (2-3 s of CPU to start, then about a tenth of a
+    # core while idle, for the rest of the run).  One group: one worker, one cluster.
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         if uses_session_cluster(item):
             item.add_marker(pytest.mark.xdist_group("dask-session-cluster"))
