@@ -10,10 +10,13 @@ thread and GIL hand-offs in this very process, where the servers run; for
 ``pool``, the gate's answer coming back from the manager process and the
 worker being scheduled; a loaded CPU stretches all of it.  Measured with
 two CPU burners on 2 cores: gaps of 0.2398 s (threads) and 0.189 s (pool,
-right after one of 0.322 s: one late arrival) for a delay of 0.25 s.  Two
-starts ``delay`` apart can arrive less than that apart, so a gap is held to
-the delay less :data:`ARRIVAL_JITTER_S` (still far from the near-zero gap
-of a delay not applied, or applied per worker process), and the span of n
+right after one of 0.322 s: one late arrival) for a delay of 0.25 s; with
+the suite's own workers beside the burners, dask once gave 0.76 s then
+0.0005 s.  Two starts ``delay`` apart can arrive less than that apart, so a
+gap is held to the delay less :data:`ARRIVAL_JITTER_S`, or, right after a
+gap as much too long (one late arrival), the two together to twice the
+delay less it (still far from the gaps of a delay not applied, or applied
+per worker process: near zero, with none too long before), and the span of n
 arrivals, where the latencies in between cancel out and the allowance
 counts once, to (n - 1) x delay less it.
 """
@@ -76,7 +79,11 @@ def assert_spaced(starts: list[float], delay: float, count: int) -> None:
     """``count`` arrivals, started at least ``delay`` apart (see the module's docstring)."""
     assert len(starts) == count
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert min(gaps) >= delay - ARRIVAL_JITTER_S, gaps
+    for i, gap in enumerate(gaps):
+        # a gap short of the delay is one late arrival: the gap before it is as much too long
+        # (0.76 s then 0.0005 s, dask with two CPU burners and the suite on 2 cores)
+        late = i > 0 and gaps[i - 1] + gap >= 2 * delay - ARRIVAL_JITTER_S
+        assert gap >= delay - ARRIVAL_JITTER_S or late, gaps
     assert starts[-1] - starts[0] >= (count - 1) * delay - ARRIVAL_JITTER_S, gaps
 
 
