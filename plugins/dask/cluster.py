@@ -76,7 +76,9 @@ class Connection:
             # No dashboard; the scheduler's HTTP server (health, metrics) on a free loopback port,
             # not 8787, which another cluster may hold (dask then warns on stderr).
             scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
+            # Not even ERROR: a worker that loses the scheduler (a second Ctrl-C ends the crawl at
+            # once) would log a traceback on the user's terminal; what fails reaches the records.
+            silence_logs=logging.CRITICAL,
             preload=[_LOCAL_WORKER_SETUP],
         )
 
