@@ -207,7 +207,7 @@ def _check_urls(urls: object) -> None:
 def _url_strings(urls: Iterable[object]) -> Iterator[str]:
     """The URLs as the engine takes them: stripped strings, blank ones left out."""
     for url in urls:
-        text = (url if isinstance(url, str) else str(url)).strip()
+        text = str(url).strip()
         if text:
             yield text
 

@@ -30,7 +30,7 @@ Who uses what:
   (``distributed.process.AsyncProcess`` watches a pipe the same way).
 
 And every process a run starts leaves the parent's main *script* alone
-(:func:`script_main_hidden`): a ``spawn`` or ``forkserver`` child runs the
+(:func:`hide_script_main`): a ``spawn`` or ``forkserver`` child runs the
 parent's ``__main__`` file again before its task, which kills the child of a
 script that calls :func:`crawler.crawl` without an ``if __name__ ==
 "__main__":`` guard, and costs every worker of ``crawl`` an import of the
@@ -40,16 +40,14 @@ CLI.  Our children need nothing from ``__main__``: their work is in
 
 from __future__ import annotations
 
-import contextlib
 import importlib.machinery
 import multiprocessing
 import multiprocessing.connection
 import os
 import sys
 import threading
-from typing import Iterator
 
-__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "script_main_hidden", "show_script_main", "start_context"]
+__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "show_script_main", "start_context"]
 
 # The exit code of a process that ended because its parent was gone.
 PARENT_GONE_EXIT = 1
@@ -159,13 +157,3 @@ def show_script_main() -> None:
             main, spec = _main_spec_kept
             main.__spec__ = spec
             _main_spec_kept = None
-
-
-@contextlib.contextmanager
-def script_main_hidden() -> Iterator[None]:
-    """Processes started inside this block do not run the parent's main script (see :func:`hide_script_main`)."""
-    hide_script_main()
-    try:
-        yield
-    finally:
-        show_script_main()
