@@ -57,8 +57,9 @@ class RunContext:
     # the caller reads the bodies (sitemaps are fetched with parse=False and this on):
     # an engine that parses where it fetches and keeps bodies there sends them back
     want_bodies: bool = False
-    # the run's per-host politeness (crawler.politeness.HostGate, or its proxy for engines
-    # that fetch in processes): every fetch of the run asks it; None when no rule is on
+    # the run's per-host politeness (crawler.politeness.HostGate, or a RemoteGate to it for
+    # engines that fetch in processes): the fetch plan's Ask steps are answered with it
+    # (drivers take gate=settings.run.gate); None when no rule is on
     gate: object | None = field(default=None, compare=False, repr=False)
 
 
@@ -129,8 +130,8 @@ class Engine(Protocol):
 #   with a note, and ``-e NAME`` is a usage error quoting it.
 #
 # ``fetches_in_processes: bool`` -- true when fetch() runs requests in other
-#   processes: the per-host politeness gate is then served by a manager process
-#   so that its limits hold across all of them.
+#   processes: ``settings.run.gate`` is then a RemoteGate, whose questions a
+#   thread of the crawl's process answers, so that the limits hold across all of them.
 #
 # ``fetch()`` written as a generator may ``return`` a dict of engine-specific
 #   figures: the report shows it as ``engine_stats``.  A ``remote_cpu_s`` key

@@ -10,15 +10,22 @@ needs done and is resumed with the outcome:
 
 * it yields an :class:`Exchange` — "send one GET and read the response" — and
   is sent back a :class:`Response`, or has a :class:`FetchError` thrown in;
-* it yields a :class:`Sleep` — "wait this long" (retry backoff) — and is sent
-  ``None``;
+* it yields a :class:`Sleep` — "wait this long" (retry backoff, politeness) —
+  and is sent ``None``;
+* it yields an :class:`Ask` — a question for the run's per-host politeness
+  gate (robots.txt, in-flight limit, delay) — and is sent the answer, when
+  the run has a gate (``settings.run.gate``, which the plan carries as
+  ``plan.gate`` for its driver);
 * it returns (``StopIteration.value``) the final :class:`FetchResult`.
 
 Blocking engines drive it with :func:`run_blocking`, asyncio engines with
-:func:`run_async`, generator-coroutine engines with :func:`run_coroutine`.  An
-engine's only job is one exchange: connect, send, read status and headers,
-stream the body through a :class:`BodyDecoder`, honour the deadline, and turn
-its library's exceptions into :class:`FetchError` codes.
+:func:`run_async`, generator-coroutine engines with :func:`run_coroutine`; each
+answers the plan's questions with ``plan.gate``, so the plan itself does no
+I/O and takes no lock, and an engine whose fetches run in other processes
+gets a gate that asks its parent.  An engine's only job is one exchange:
+connect, send, read status and headers, stream the body through a
+:class:`BodyDecoder`, honour the deadline, and turn its library's exceptions
+into :class:`FetchError` codes.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Awaitable, Callable, Generator, Mapping, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from .engines import FetchResult, Settings
-from .politeness import ROBOTS_KNOWN, ROBOTS_PENDING
+from .politeness import ROBOTS_PENDING, ROBOTS_UNKNOWN
 from .urls import host_key
 
 # SPEC §6.  Every code but "parse" (the parse stage's) comes from the fetch plan below, the same in every engine.
@@ -119,8 +126,44 @@ class Response:
     first_byte_s: float | None = None
 
 
-Step = Union[Exchange, Sleep]
-Plan = Generator[Step, Union[Response, None], FetchResult]
+@dataclass(frozen=True)
+class Ask:
+    """A question for the run's politeness gate: ``gate.answer(ask)`` calls its method ``question`` with ``args``.
+
+    Questions (see :data:`crawler.politeness.QUESTIONS`) are answered; tells
+    (:data:`crawler.politeness.TELLS`) are sent ``None`` and need not wait.
+    """
+
+    question: str
+    args: tuple = ()
+
+
+Step = Union[Exchange, Sleep, Ask]
+Steps = Generator[Step, object, FetchResult]
+
+
+class Plan:
+    """One URL's plan, as :func:`fetch_plan` gives it: its steps (iterate, ``send``, ``throw``, ``close``), and the gate its :class:`Ask` steps are for."""
+
+    __slots__ = ("gate", "send", "throw", "close")
+
+    def __init__(self, steps: Steps, gate) -> None:
+        self.gate = gate
+        self.send, self.throw, self.close = steps.send, steps.throw, steps.close
+
+    def __iter__(self) -> "Plan":
+        return self
+
+    def __next__(self) -> Step:
+        return self.send(None)
+
+
+class Abandoned(BaseException):
+    """Thrown into a plan whose URL was stopped mid-way (the run closed, a task cancelled).
+
+    The plan then tells the gate what it held (a slot in flight, a host's
+    robots.txt fetch) before it ends; see :func:`_abandon`.
+    """
 
 
 # --- URLs --------------------------------------------------------------------------
@@ -340,6 +383,10 @@ def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None =
     something other than :class:`FetchError`) ends as this URL's record with
     ``other``, never as an exception out of the engine.
     """
+    return Plan(_guarded(url, settings, headers), settings.run.gate)
+
+
+def _guarded(url: str, settings: Settings, headers: Mapping[str, str] | None) -> Steps:
     started = time.monotonic()
     try:
         return (yield from _plan(url, settings, headers, started))
@@ -347,7 +394,7 @@ def fetch_plan(url: str, settings: Settings, headers: Mapping[str, str] | None =
         return FetchResult(url=url, error="other", detail=describe(exc), elapsed=time.monotonic() - started)
 
 
-def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, started: float) -> Plan:
+def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, started: float) -> Steps:
     """:func:`fetch_plan` without its guard.
 
     Each try of a hop gets ``settings.timeout`` seconds for connect, headers
@@ -365,18 +412,17 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
     except FetchError as exc:
         return result(error=exc.code, detail=exc.detail)
     headers = headers or request_headers(settings)
-    gate = settings.run.gate
+    polite = settings.run.gate is not None
     redirects = 0
     retry = 0
     while True:
-        if gate is not None:
-            key = host_key(current)
-            refusal = yield from _robots_verdict(gate, key, current, headers, settings)
+        if polite:
+            refusal = yield from _robots_verdict(host_key(current), current, headers, settings)
             if refusal is not None:
                 code, detail = refusal
                 return result(error=code, detail=detail)
         try:
-            response = yield from _exchange(gate, current, headers, settings)
+            response = yield from _exchange(polite, current, headers, settings)
         except FetchError as exc:
             if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
                 retry += 1
@@ -432,29 +478,32 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
         )
 
 
-def _exchange(gate, url: str, headers: Mapping[str, str], settings: Settings, max_bytes: int | None = None):
+def _exchange(polite: bool, url: str, headers: Mapping[str, str], settings: Settings, max_bytes: int | None = None):
     """One exchange, after the host's gate lets it start (politeness waits are not timed as the request)."""
-    if gate is None:
+    if not polite:
         return (yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes))
     key = host_key(url)
-    while (wait := gate.try_start(key)) > 0:
+    while (wait := (yield Ask("try_start", (key,)))) > 0:
         yield Sleep(wait)
     try:
-        return (yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes))
-    finally:
-        gate.finish(key)
+        response = yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes)
+    except (FetchError, Abandoned):
+        yield Ask("finish", (key,))
+        raise
+    yield Ask("finish", (key,))
+    return response
 
 
 ROBOTS_MAX_BYTES = 512 * 1024  # what Google reads of a robots.txt
 
 
-def _fetch_robots(gate, robots_url: str, headers: Mapping[str, str], settings: Settings):
+def _fetch_robots(robots_url: str, headers: Mapping[str, str], settings: Settings):
     """GET robots.txt with the same retries as any request, following a few redirects."""
     retry = 0
     redirects = 0
     while True:
         try:
-            response = yield from _exchange(gate, robots_url, headers, settings, ROBOTS_MAX_BYTES)
+            response = yield from _exchange(True, robots_url, headers, settings, ROBOTS_MAX_BYTES)
         except FetchError as exc:
             if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
                 retry += 1
@@ -469,29 +518,29 @@ def _fetch_robots(gate, robots_url: str, headers: Mapping[str, str], settings: S
         return response
 
 
-def _robots_verdict(gate, key: str, url: str, headers: Mapping[str, str], settings: Settings):
+def _robots_verdict(key: str, url: str, headers: Mapping[str, str], settings: Settings):
     """None when ``url`` may be fetched, else the (error code, detail) of its record.
 
     One URL per host fetches robots.txt; the host's other URLs wait for it
     and share its outcome, a failure included (decided once per run).
     """
-    while (state := gate.robots(key)) != ROBOTS_KNOWN:
-        if state == ROBOTS_PENDING:
+    while (verdict := (yield Ask("admit", (key, url)))) in (ROBOTS_UNKNOWN, ROBOTS_PENDING):
+        if verdict == ROBOTS_PENDING:
             yield Sleep(0.01)
             continue
         try:
-            response = yield from _fetch_robots(gate, urljoin(url, "/robots.txt"), headers, settings)
+            response = yield from _fetch_robots(urljoin(url, "/robots.txt"), headers, settings)
         except FetchError as exc:
             if exc.code == "too_large" and exc.response:
-                gate.learn_robots(key, 200, "")  # an absurd robots.txt is no robots.txt
+                yield Ask("learn_robots", (key, 200, ""))  # an absurd robots.txt is no robots.txt
             else:
-                gate.robots_failed(key, exc.code, f"robots.txt: {exc.detail}")
+                yield Ask("robots_failed", (key, exc.code, f"robots.txt: {exc.detail}"))
             continue
-        except BaseException:  # this URL was stopped mid-fetch: another one will ask
-            gate.robots_abandoned(key)
+        except Abandoned:  # this URL was stopped mid-fetch: another one will ask
+            yield Ask("robots_abandoned", (key,))
             raise
-        gate.learn_robots(key, response.status, response.body.decode("utf-8", "replace"))
-    return gate.allowed(key, url)
+        yield Ask("learn_robots", (key, response.status, response.body.decode("utf-8", "replace")))
+    return verdict
 
 
 class InFlight:
@@ -531,7 +580,8 @@ def run_blocking(
 
     ``sleep`` waits out backoffs and politeness; an engine that must stop
     promptly passes one it can cut short (e.g. ``threading.Event().wait``).
-    ``in_flight`` counts the exchanges while they run.
+    ``in_flight`` counts the exchanges while they run.  Every driver answers
+    the plan's :class:`Ask` steps with ``plan.gate``, at once.
     """
 
     def exchange_now(step: Exchange):
@@ -562,9 +612,13 @@ def run_coroutine(
     whatever the caller's scheduler waits on; the result is the return value.
     """
     counted = in_flight or _UNCOUNTED
+    gate = getattr(plan, "gate", None)
     try:
         step = next(plan)
         while True:
+            if isinstance(step, Ask):
+                step = _answer(plan, step, gate)
+                continue
             if isinstance(step, Sleep):
                 yield from sleep(step.seconds)
                 step = plan.send(None)
@@ -578,6 +632,9 @@ def run_coroutine(
                 step = plan.send(response)
     except StopIteration as done:
         return done.value
+    except BaseException:
+        _abandon(plan, gate)
+        raise
 
 
 async def run_async(
@@ -587,9 +644,13 @@ async def run_async(
     import asyncio
 
     counted = in_flight or _UNCOUNTED
+    gate = getattr(plan, "gate", None)
     try:
         step = next(plan)
         while True:
+            if isinstance(step, Ask):
+                step = _answer(plan, step, gate)
+                continue
             if isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
                 step = plan.send(None)
@@ -603,6 +664,39 @@ async def run_async(
                 step = plan.send(response)
     except StopIteration as done:
         return done.value
+    except BaseException:
+        _abandon(plan, gate)
+        raise
+
+
+def _answer(plan: Plan, ask: Ask, gate) -> Step:
+    """Answer the plan's question with ``gate`` (at once: a gate never makes a driver wait) and resume it."""
+    if gate is None:
+        return plan.throw(TypeError(f"a plan without a gate asked it {ask.question!r}"))
+    try:
+        answer = gate.answer(ask)
+    except Exception as exc:  # a gate in another process that went away (the run is ending)
+        return plan.throw(exc)
+    return plan.send(answer)
+
+
+def _abandon(plan: Plan, gate) -> None:
+    """The driver was stopped (closed, cancelled, interrupted): let the plan give back what it held at the gate.
+
+    Runs without waiting, so it works even inside a generator's ``close()``:
+    :class:`Abandoned` is thrown in, and the tells the plan yields on its way
+    out are answered here.
+    """
+    try:
+        step = plan.throw(Abandoned())
+        while isinstance(step, Ask) and gate is not None:
+            step = plan.send(gate.answer(step))
+    except (Abandoned, StopIteration):
+        pass
+    except Exception:  # the gate is gone with the run: nothing left to give back
+        pass
+    finally:
+        plan.close()
 
 
 def exchange_error(exc: Exception) -> FetchError:

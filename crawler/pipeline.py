@@ -26,7 +26,7 @@ from .fetching import default_user_agent
 from .frontier import Frontier
 from .records import make_record
 from .parse_stage import ParseStage
-from .politeness import HostGate, shared_gate
+from .politeness import GateServer, HostGate
 from .processes import hide_script_main, show_script_main
 from .stats import MemorySampler, RunStats
 from .urls import OverlongLine
@@ -56,13 +56,16 @@ def wants_parse(result: FetchResult) -> bool:
 
 
 def _politeness_gate(engine: Engine, settings: Settings):
-    """A fresh per-host gate for this run, or None when no politeness rule is on."""
+    """A fresh per-host gate for this run and, for an engine whose fetches run in processes, its server.
+
+    (None, None) when no politeness rule is on.
+    """
     if not (settings.robots or settings.per_host or settings.delay):
         return None, None
-    args = (settings.per_host, settings.delay, settings.robots, settings.user_agent or default_user_agent())
+    gate = HostGate(settings.per_host, settings.delay, settings.robots, settings.user_agent or default_user_agent())
     if getattr(engine, "fetches_in_processes", False):
-        return shared_gate(*args)
-    return HostGate(*args), None
+        return gate, GateServer(gate)
+    return gate, None
 
 
 class _Recording:
@@ -242,7 +245,7 @@ class EngineRun:
         self._started = False
         # the run's parts, made by _set_up() when iteration starts
         self.stage: ParseStage | None = None
-        self.gate = self.gate_manager = None
+        self.gate = self.gate_server = None
         self.run_settings = settings
         self.results: Iterator[FetchResult] = iter(())
         self.spool = None
@@ -303,7 +306,7 @@ class EngineRun:
     # --- the run ----------------------------------------------------------------------
 
     def _records(self) -> Iterator[dict]:
-        hide_script_main()  # the run's processes (parse stage, pool, manager, cluster) are ours
+        hide_script_main()  # the run's processes (parse stage, pool, cluster) are ours
         try:
             yield from self._steps()
         finally:
@@ -352,8 +355,9 @@ class EngineRun:
             )
             self.stage.want_links = self.want_links
         settings = self.settings.with_run(parse=options.parse, want_links=self.want_links)
-        self.gate, self.gate_manager = _politeness_gate(engine, settings)
-        self.run_settings = settings.with_run(gate=self.gate) if self.gate is not None else settings
+        self.gate, self.gate_server = _politeness_gate(engine, settings)
+        asked = self.gate_server.remote if self.gate_server is not None else self.gate
+        self.run_settings = settings.with_run(gate=asked) if asked is not None else settings
         self._session = getattr(engine, "session", None)
 
     def _engine_ready(self) -> None:
@@ -413,12 +417,9 @@ class EngineRun:
             stats.links = self.frontier.stats()
             self.frontier.close()
         if self.gate is not None:
-            try:
-                stats.politeness = self.gate.stats()
-            except Exception:  # the manager process may be gone after an interrupt
-                pass
-        if self.gate_manager is not None:
-            self.gate_manager.shutdown()
+            stats.politeness = self.gate.stats()
+        if self.gate_server is not None:
+            self.gate_server.close()
         if stage:
             stats.parse_cpu_s = stage.parse_cpu_s
             stats.peak_parse_backlog = stage.peak_backlog

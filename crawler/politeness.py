@@ -3,29 +3,38 @@
 A :class:`HostGate` holds, per host (hostname and port), the requests in
 flight, when the last one started, and what its robots.txt says.  The
 shared fetch policy (:func:`crawler.fetching.fetch_plan`) asks it before
-every exchange, and waits with the ``Sleep`` steps every engine already
+every exchange with ``Ask`` steps, which the engine's driver answers with
+``gate.answer(ask)``, and waits with the ``Sleep`` steps every engine already
 knows how to perform, so no engine carries its own copy of these rules.
 
-The gate is plain, thread-safe Python; engines that fetch in several
-processes get it behind a ``multiprocessing`` manager (see
-:func:`shared_gate`), so that the limits hold across all their workers.
+The gate is plain, thread-safe Python that lives in the crawl's process.
+Engines that fetch in worker processes get a :class:`RemoteGate` instead: it
+sends each question to a :class:`GateServer`, a thread of the parent that
+answers it from the one gate, so the limits hold across all the workers.  A
+worker that dies gives back what it held (slots in flight, a robots.txt
+fetch): its connection's end says so.
 """
 
 from __future__ import annotations
 
+import collections
+import os
 import threading
 import time
-from multiprocessing.managers import BaseManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.connection import Client, Listener, Pipe, wait
 
 from protego import Protego
-
-from .processes import follow_parent, start_context
 
 # What :meth:`HostGate.robots` tells the fetch policy about a host's robots.txt.
 ROBOTS_UNKNOWN = "unknown"  # nobody has fetched it yet: the caller must
 ROBOTS_PENDING = "pending"  # another request is fetching it: wait
 ROBOTS_KNOWN = "known"
+
+# What a plan may ask a gate (``Ask.question``): questions wait for the answer,
+# tells are answered None and a gate in another process need not reply.
+QUESTIONS = frozenset({"admit", "try_start"})
+TELLS = frozenset({"finish", "learn_robots", "robots_failed", "robots_abandoned"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,15 @@ class HostGate:
         if host is None:
             host = self._hosts[key] = _Host(delay=self.delay)
         return host
+
+    def answer(self, ask):
+        """Answer a fetch plan's :class:`~crawler.fetching.Ask` step."""
+        return self.handle(ask.question, ask.args)
+
+    def handle(self, question: str, args: tuple):
+        if question not in QUESTIONS and question not in TELLS:
+            raise ValueError(f"a politeness gate has no question {question!r}")
+        return getattr(self, question)(*args)
 
     # --- limits -------------------------------------------------------------------------
 
@@ -138,6 +156,11 @@ class HostGate:
             if host.robots == ROBOTS_PENDING:
                 host.robots = ROBOTS_UNKNOWN
 
+    def admit(self, key: str, url: str):
+        """What robots.txt says of ``url``: :meth:`allowed`'s verdict once it is known, else :meth:`robots`'s state."""
+        state = self.robots(key)
+        return self.allowed(key, url) if state == ROBOTS_KNOWN else state
+
     def allowed(self, key: str, url: str) -> tuple[str, str] | None:
         """None if ``url`` may be fetched, else the (error code, detail) of its record."""
         if not self.obey_robots:
@@ -155,18 +178,133 @@ class HostGate:
             return {"hosts": len(self._hosts), "peak_in_flight_per_host": max(self.peak_in_flight.values(), default=0)}
 
 
-class GateManager(BaseManager):
-    """Serves one :class:`HostGate` to every worker process of an engine."""
+class RemoteGate:
+    """A :class:`HostGate` in the parent process, as a worker process asks it: through a :class:`GateServer`.
 
-
-GateManager.register("HostGate", HostGate)
-
-
-def shared_gate(per_host: int | None, delay: float, robots: bool, user_agent: str):
-    """A :class:`HostGate` served by a manager process, for engines whose workers are processes.
-
-    Returns ``(gate_proxy, manager)``; shut the manager down after the run.
+    Pickled into the workers' settings; each process connects on its first
+    question.  Tells are sent without waiting for a reply.
     """
-    manager = GateManager(ctx=start_context())
-    manager.start(initializer=follow_parent)  # a kill -9 of the crawl takes the manager with it
-    return manager.HostGate(per_host, delay, robots, user_agent), manager
+
+    def __init__(self, address, authkey: bytes):
+        self.address = address
+        self.authkey = authkey
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"address": self.address, "authkey": self.authkey}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["address"], state["authkey"])
+
+    def answer(self, ask):
+        with self._lock:
+            if self._conn is None:
+                self._conn = Client(self.address, authkey=self.authkey)
+            self._conn.send((ask.question, ask.args))
+            return self._conn.recv() if ask.question in QUESTIONS else None
+
+
+@dataclass
+class _Held:
+    """What one worker holds at the gate: given back when its connection ends (the worker died)."""
+
+    in_flight: collections.Counter = field(default_factory=collections.Counter)
+    robots: set = field(default_factory=set)  # hosts whose robots.txt it is fetching
+
+
+class GateServer:
+    """Answers the questions of worker processes' :class:`RemoteGate` from one :class:`HostGate`, in a thread.
+
+    The connection is a Unix socket (a named pipe on Windows) with a random
+    key: never the network.  ``remote`` goes into the workers' settings;
+    :meth:`close` ends the threads.
+    """
+
+    def __init__(self, gate: HostGate):
+        self.gate = gate
+        authkey = os.urandom(32)
+        self._listener = Listener(authkey=authkey)
+        self.remote = RemoteGate(self._listener.address, authkey)
+        self._wake_reader, self._wake_writer = Pipe(duplex=False)
+        self._arrived: list = []
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._accept, name="crawl-gate-accept", daemon=True),
+            threading.Thread(target=self._serve, name="crawl-gate", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+            except OSError:  # the listener was closed
+                return
+            except Exception:  # a wrong key: nobody of ours
+                continue
+            if self._closed:
+                conn.close()
+                return
+            self._arrived.append(conn)
+            self._wake_writer.send_bytes(b"")
+
+    def _serve(self) -> None:
+        held: dict = {}
+        while True:
+            for conn in wait([self._wake_reader, *held]):
+                if conn is self._wake_reader:
+                    conn.recv_bytes()
+                    if self._closed:
+                        for other in held:
+                            other.close()
+                        return
+                    while self._arrived:
+                        held[self._arrived.pop()] = _Held()
+                    continue
+                try:
+                    question, args = conn.recv()
+                except (EOFError, OSError):
+                    self._give_back(held.pop(conn))
+                    conn.close()
+                    continue
+                answer = self._answer(held[conn], question, args)
+                if question in QUESTIONS:
+                    try:
+                        conn.send(answer)
+                    except OSError:
+                        pass  # the worker is gone: its end is read next
+
+    def _answer(self, held: _Held, question: str, args: tuple):
+        answer = self.gate.handle(question, args)
+        key = args[0]
+        if question == "try_start" and answer == 0.0:
+            held.in_flight[key] += 1
+        elif question == "finish":
+            held.in_flight[key] -= 1
+        elif question == "admit" and answer == ROBOTS_UNKNOWN:
+            held.robots.add(key)
+        elif question in ("learn_robots", "robots_failed", "robots_abandoned"):
+            held.robots.discard(key)
+        return answer
+
+    def _give_back(self, held: _Held) -> None:
+        for key, count in held.in_flight.items():
+            for _ in range(count):
+                self.gate.finish(key)
+        for key in held.robots:
+            self.gate.robots_abandoned(key)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_writer.send_bytes(b"")
+        try:  # accept() does not end when its socket is closed under it: knock once
+            Client(self.remote.address, authkey=self.remote.authkey).close()
+        except OSError:
+            pass
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(5)

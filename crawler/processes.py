@@ -15,8 +15,8 @@ started the child; it works on every POSIX system and on Windows.
 
 Who uses what:
 
-* ``multiprocessing`` children (parse workers, pool engine workers, the
-  politeness manager): :func:`follow_parent`, as the pool initializer (or
+* ``multiprocessing`` children (parse workers, pool engine workers):
+  :func:`follow_parent`, as the pool initializer (or
   called from it).  ``multiprocessing`` already keeps such a pipe for every
   start method (``parent_process().sentinel``).
 * the demo site (``python -m crawler.site``, a plain subprocess):
@@ -47,13 +47,17 @@ import os
 import sys
 import threading
 
-__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "show_script_main", "start_context"]
+__all__ = ["exit_on_eof", "follow_parent", "hide_script_main", "preload_in_forkserver", "show_script_main", "start_context"]
 
 # The exit code of a process that ended because its parent was gone.
 PARENT_GONE_EXIT = 1
 
 # Fallback only (a process with no pipe to watch): how often its parent's pid is checked.
 _PPID_POLL_S = 0.5
+
+# What the forkserver imports once for every process it forks: multiprocessing's
+# default, and what engines add (see preload_in_forkserver).
+_FORKSERVER_PRELOAD = ["__main__"]
 
 
 def start_context() -> multiprocessing.context.BaseContext:
@@ -64,6 +68,22 @@ def start_context() -> multiprocessing.context.BaseContext:
     """
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def preload_in_forkserver(names: list[str]) -> None:
+    """Have the forkserver import ``names`` once, so that the processes it forks start with them.
+
+    Kept here, added to, and handed whole to the public
+    ``set_forkserver_preload`` (which replaces the list and has no getter).
+    Call it at import time: the list only counts when the server starts, and
+    the parse stage may start it before an engine runs.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    added = [name for name in names if name not in _FORKSERVER_PRELOAD]
+    if added:
+        _FORKSERVER_PRELOAD.extend(added)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(_FORKSERVER_PRELOAD))
 
 
 def follow_parent(code: int = PARENT_GONE_EXIT) -> None:

@@ -7,8 +7,8 @@ response is read), so its peak never exceeds the client's: an upper bound
 holds exactly.  Starts: the client's gate spaces request *starts*; the
 server sees *arrivals*, each later than its start by a latency that varies:
 thread and GIL hand-offs in this very process, where the servers run; for
-``pool``, the gate's answer coming back from the manager process and the
-worker being scheduled; a loaded CPU stretches all of it.  Measured with
+``pool``, the gate's answer coming back from the parent's gate thread and
+the worker being scheduled; a loaded CPU stretches all of it.  Measured with
 two CPU burners on 2 cores: gaps of 0.2398 s (threads) and 0.189 s (pool,
 right after one of 0.322 s: one late arrival) for a delay of 0.25 s; with
 the suite's own workers beside the burners, dask once gave 0.76 s then
@@ -29,6 +29,10 @@ import time
 import pytest
 from aiohttp import web
 from conftest import LocalServer, by_url, html_page, run_records
+
+import crawler
+from crawler.fetching import fetch_plan, run_async, run_coroutine
+from crawler.politeness import ROBOTS_PENDING, ROBOTS_UNKNOWN, HostGate
 
 # How much later than its start one request may reach the server than another (see above).
 ARRIVAL_JITTER_S = 0.1
@@ -164,3 +168,51 @@ def test_limits_hold_per_host_not_globally(engine_name, watcher):
     # The two hosts went side by side: with one limit for both, no two requests would overlap
     # at the servers; each host was busy 6 x 0.15 s, most of it at the same time as the other.
     assert overlap(one.spans, two.spans) >= 0.15
+
+
+# --- a URL stopped mid-way (run closed, task cancelled) gives back what it held at the gate ---------
+
+
+def _gate_and_plan():
+    gate = HostGate(per_host=1, delay=0.0, robots=True, user_agent="t")
+    return gate, fetch_plan("http://h.test/page", crawler.Settings(per_host=1).with_run(gate=gate))
+
+
+def _given_back(gate: HostGate) -> None:
+    assert gate.admit("h.test:80", "http://h.test/other") == ROBOTS_UNKNOWN  # the next URL fetches robots.txt
+    assert gate.try_start("h.test:80") == 0.0  # and the one slot is free
+
+
+def test_a_closed_coroutine_driver_gives_back_the_slot_and_the_robots_fetch():
+    gate, plan = _gate_and_plan()
+
+    def wait_forever(_):  # a scheduler's wait that this test never ends
+        yield "waiting"
+
+    driver = run_coroutine(plan, wait_forever, wait_forever)
+    assert next(driver) == "waiting"  # the plan is fetching robots.txt, with the host's slot
+    assert gate.admit("h.test:80", "http://h.test/other") == ROBOTS_PENDING
+    assert gate.try_start("h.test:80") > 0
+    driver.close()
+    _given_back(gate)
+
+
+def test_a_cancelled_async_driver_gives_back_the_slot_and_the_robots_fetch():
+    gate, plan = _gate_and_plan()
+
+    async def main():
+        started = asyncio.Event()
+
+        async def wait_forever(_):
+            started.set()
+            await asyncio.sleep(3600)
+
+        task = asyncio.ensure_future(run_async(plan, wait_forever))
+        await asyncio.wait_for(started.wait(), 10)
+        assert gate.admit("h.test:80", "http://h.test/other") == ROBOTS_PENDING
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    _given_back(gate)

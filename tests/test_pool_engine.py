@@ -362,3 +362,87 @@ def test_a_short_list_starts_no_more_processes_than_it_has_urls(tmp_path, probe)
     # a list whose length is unknown (a generator) keeps one process per request in flight
     unknown = Run((u for u in ["http://a.test/"]), settings(concurrency=5), None, 1)
     assert unknown.processes == 5
+
+
+# --- the politeness gate, answered by the parent: a dead worker gives back what it held ------------
+
+
+class GateProbe:
+    """A host whose first ``/robots.txt`` (when ``robots_hangs``) and ``/slow`` never answer in time."""
+
+    def __init__(self, robots_hangs: bool):
+        self.robots_hangs = robots_hangs
+        self.robots_asked = 0
+        self.ports: dict[str, int] = {}
+        self.hung = threading.Event()
+
+    def app(self) -> web.Application:
+        routes = web.RouteTableDef()
+
+        async def hang(request, what: str):
+            self.ports[what] = request.transport.get_extra_info("peername")[1]
+            self.hung.set()
+            await asyncio.sleep(60)
+
+        @routes.get("/robots.txt")
+        async def robots(request):
+            self.robots_asked += 1
+            if self.robots_hangs and self.robots_asked == 1:
+                await hang(request, "robots")
+            return web.Response(text="User-agent: *\nDisallow: /private\n")
+
+        @routes.get("/slow")
+        async def slow(request):
+            await hang(request, "slow")
+            return web.Response(text="late")
+
+        @routes.get("/{name}")
+        @routes.get("/private/{name}")
+        async def page(request):
+            return web.Response(body=html_page(request.match_info["name"]), content_type="text/html")
+
+        app = web.Application()
+        app.add_routes(routes)
+        return app
+
+
+def _crawl_killing_the_hung_worker(gate_probe: GateProbe, urls: list[str], what: str, **options) -> dict:
+    """Crawl ``urls`` with the pool through the API; SIGKILL the worker whose request hangs; the records by URL."""
+    before = descendants()
+    records: list = []
+    thread = consume_in_thread(records, crawler.crawl(urls, engine="pool", parse=False, timeout=90, **options))
+    assert gate_probe.hung.wait(30)
+    os.kill(serving(gate_probe.ports[what], added_since(before)).pid, signal.SIGKILL)
+    thread.join(40)
+    assert not thread.is_alive(), "the host's other URLs wait forever for what the dead worker held"
+    assert sorted(r["url"] for r in records) == sorted(urls)
+    return {r["url"]: r for r in records}
+
+
+def test_a_dead_worker_gives_back_its_per_host_slot(engine):
+    gate_probe = GateProbe(robots_hangs=False)
+    server = LocalServer(gate_probe.app())
+    try:
+        urls = [server.url("/slow")] + [server.url(f"/page-{i}") for i in range(6)]
+        # one request at a time to the host: the others can start only once the dead worker's slot is free
+        got = _crawl_killing_the_hung_worker(gate_probe, urls, "slow", concurrency=2, per_host=1)
+    finally:
+        server.close()
+    assert got[urls[0]]["error"] == "other" and "pool worker died" in got[urls[0]]["detail"]
+    assert all(got[url]["ok"] for url in urls[1:]), [got[url]["error"] for url in urls[1:]]
+
+
+def test_a_worker_that_dies_fetching_robots_txt_leaves_it_to_another(engine):
+    gate_probe = GateProbe(robots_hangs=True)
+    server = LocalServer(gate_probe.app())
+    try:
+        urls = [server.url(f"/page-{i}") for i in range(4)] + [server.url("/private/secret")]
+        got = _crawl_killing_the_hung_worker(gate_probe, urls, "robots", concurrency=2)
+    finally:
+        server.close()
+    died = [url for url in urls if got[url]["error"] == "other"]
+    assert len(died) == 1 and "pool worker died" in got[died[0]]["detail"]
+    assert gate_probe.robots_asked == 2  # asked again, by another URL, and its rules hold
+    if died != [urls[-1]]:
+        assert got[urls[-1]]["error"] == "robots"
+    assert all(got[url]["ok"] for url in urls[:-1] if url not in died)

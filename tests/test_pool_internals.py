@@ -49,8 +49,16 @@ def test_every_internal_the_pool_engine_relies_on_exists_on_this_python(pool):
 
 @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
 def test_the_forkserver_preloads_the_worker_and_its_client():
-    preload = multiprocessing.forkserver._forkserver._preload_modules  # the one optional internal
-    assert {"crawler_plugins.pool.worker", "crawler.requests_exchange"} <= set(preload)
+    from crawler import processes
+
+    assert {"crawler_plugins.pool.worker", "crawler.requests_exchange"} <= set(processes._FORKSERVER_PRELOAD)
+    assert processes._FORKSERVER_PRELOAD[0] == "__main__"  # multiprocessing's default, kept
+
+
+@pytest.mark.parametrize("python", [("cpython", (3, 16)), ("cpython", (3, 10)), ("pypy", (3, 11))])
+def test_a_python_whose_sources_were_not_checked_is_refused(pool, python):
+    assert cpython_internals.missing(pool, python) == ["CPython 3.11 to 3.15 (the versions whose sources were checked)"]
+    assert cpython_internals.missing(pool, ("cpython", (3, 15))) == []
 
 
 def test_a_python_lacking_one_gets_a_one_line_error_and_no_process_left(monkeypatch):
@@ -92,13 +100,3 @@ def test_the_repairs_skip_what_is_missing_instead_of_raising():
     cpython_internals.free_orphaned_locks(bare)
     cpython_internals.unjam_result_pipe(bare)
     assert cpython_internals.all_workers(bare) == []
-
-
-def test_the_preload_list_falls_back_to_the_default_without_its_private_attribute(monkeypatch):
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no forkserver here")
-    wanted = []
-    monkeypatch.setattr(multiprocessing.forkserver, "_forkserver", object())
-    monkeypatch.setattr(multiprocessing.forkserver, "set_forkserver_preload", wanted.extend)
-    cpython_internals.add_forkserver_preload(["some.module"])
-    assert wanted == ["__main__", "some.module"]

@@ -3,24 +3,22 @@
 ``multiprocessing.Pool`` has no public way to do what this engine needs when
 a worker dies (see :mod:`.crew`): list every worker it ever started, stop it
 from starting replacements, free a queue lock that a killed worker held, and
-end a read of a result that a killed worker left half-written.  Nor has the
-forkserver a public getter for its preload list.  :data:`POOL_INTERNALS` and
-:data:`MODULE_INTERNALS` list what this module reads or writes for that, and
-why; they were read in the sources of CPython 3.11 and of CPython's main
-branch of 2026 (3.15 in development), where they are the same.
+end a read of a result that a killed worker left half-written.
+:data:`POOL_INTERNALS` and :data:`MODULE_INTERNALS` list what this module
+reads or writes for that, and why; they were read in the sources of CPython
+3.11 and of CPython's main branch of 2026 (3.15 in development), where they
+are the same: :data:`VERIFIED` is that range.
 
 Guards, so that a Python without them fails clearly instead of hanging on
 the first dead worker:
 
 * :func:`missing` names each of them that this Python lacks, on a pool just
-  started; :class:`~.crew.Crew` calls it on every pool and, when anything is
-  missing, stops the pool and ends the run with a one-line error naming it
-  (before any URL is fetched).
+  started, and a Python outside :data:`VERIFIED` (another implementation, or
+  a CPython whose sources nobody has read for this); :class:`~.crew.Crew`
+  calls it on every pool and, when anything is missing, stops the pool and
+  ends the run with a one-line error naming it (before any URL is fetched).
 * Each helper below still looks its attributes up with ``getattr`` and
   skips what is absent, so that a stop never raises ``AttributeError``.
-* The forkserver's preload list alone is optional: without it, the default
-  (``["__main__"]``) is assumed, and at worst workers import requests
-  themselves (slower starts, nothing else).
 * ``tests/test_pool_internals.py`` checks on the Python that runs the tests
   that nothing is missing, and the pool engine's tests that each repair works.
 
@@ -54,8 +52,9 @@ MODULE_INTERNALS = {
     "pool.Pool.Process": "the method Pool starts every worker through, replacements included (TrackedPool records them)",
 }
 
-# Optional: without it the default preload list is assumed.
-PRELOAD_LIST = "forkserver._forkserver._preload_modules"
+# The CPython versions (major, minor) whose multiprocessing sources were read for
+# the parts above: a Python outside them is refused, whatever it has.
+VERIFIED = ((3, 11), (3, 15))
 
 
 def _lookup(obj, dotted: str):
@@ -66,9 +65,17 @@ def _lookup(obj, dotted: str):
     return obj
 
 
-def missing(pool: multiprocessing.pool.Pool) -> list[str]:
-    """The private parts the engine relies on that this Python's ``pool`` (a :class:`TrackedPool`) lacks."""
-    gaps = [f"Pool.{name}" for name in POOL_INTERNALS if _lookup(pool, name) is _MISSING]
+def missing(pool: multiprocessing.pool.Pool, python: tuple[str, tuple[int, int]] | None = None) -> list[str]:
+    """The private parts the engine relies on that this Python's ``pool`` (a :class:`TrackedPool`) lacks.
+
+    ``python`` is (implementation, (major, minor)), this Python's by default.
+    """
+    implementation, version = python or (sys.implementation.name, sys.version_info[:2])
+    gaps = []
+    if implementation != "cpython" or not VERIFIED[0] <= version <= VERIFIED[1]:
+        first, last = (".".join(map(str, v)) for v in VERIFIED)
+        gaps.append(f"CPython {first} to {last} (the versions whose sources were checked)")
+    gaps += [f"Pool.{name}" for name in POOL_INTERNALS if _lookup(pool, name) is _MISSING]
     gaps += [f"multiprocessing.{name}" for name in MODULE_INTERNALS if _lookup(multiprocessing, name) is _MISSING]
     if "multiprocessing.pool.Pool.Process" not in gaps and not getattr(pool, "workers_started", None):
         gaps.append("multiprocessing.pool.Pool.Process (the pool started its workers without it)")
@@ -101,25 +108,6 @@ class TrackedPool(multiprocessing.pool.Pool):
         process = super().Process(ctx, *args, **kwds)
         self.workers_started.append(process)
         return process
-
-
-def add_forkserver_preload(names: list[str]) -> None:
-    """Have the forkserver import ``names`` once, for every process it forks.
-
-    Added to whatever is already listed (``__main__`` by default): the
-    public ``set_forkserver_preload`` replaces the list, and there is no
-    public getter.  Call it at import time: the list only counts when the
-    server starts, and the parse stage may start it before this engine runs.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return
-    from multiprocessing import forkserver  # noqa: F401 (so that _lookup finds it)
-
-    current = _lookup(multiprocessing, PRELOAD_LIST)
-    current = list(current) if isinstance(current, list) and current else ["__main__"]
-    wanted = current + [name for name in names if name not in current]
-    if wanted != current:
-        multiprocessing.get_context("forkserver").set_forkserver_preload(wanted)
 
 
 def all_workers(pool: TrackedPool) -> list:

@@ -33,16 +33,15 @@ from typing import Iterable, Iterator
 
 import crawler
 from crawler.errors import CrawlerError
-from crawler.processes import start_context
+from crawler.processes import preload_in_forkserver, start_context
 
 from . import worker
-from .cpython_internals import add_forkserver_preload
 from .run import CHUNKSIZE, Run
 
 # requests (through crawler.requests_exchange) is imported by the workers,
 # where it is used, and once by the forkserver for all of them: not by
 # `crawl --list-engines`.
-add_forkserver_preload([worker.__name__, "crawler.requests_exchange"])
+preload_in_forkserver([worker.__name__, "crawler.requests_exchange"])
 
 
 class PoolEngine:
@@ -52,7 +51,7 @@ class PoolEngine:
         "start_method": "how worker processes start: forkserver (the default where the platform has it), spawn or fork",
         "chunksize": f"most URLs one task carries to a worker (default {CHUNKSIZE}; batches stay smaller while fetches are slow)",
     }
-    fetches_in_processes = True  # so the per-host gate is shared through a manager process
+    fetches_in_processes = True  # so the workers ask the per-host gate in the parent
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         # Returns (StopIteration.value) a few figures for the report's engine_stats.
