@@ -347,6 +347,7 @@ def _headers_for(user_agent: str) -> Mapping[str, str]:
     return MappingProxyType({"User-Agent": user_agent, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"})
 
 
+@functools.lru_cache(maxsize=1)  # asked for every URL that sets no --user-agent
 def default_user_agent() -> str:
     from . import __version__
     from .engines import DEFAULT_USER_AGENT

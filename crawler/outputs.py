@@ -126,9 +126,13 @@ def _silence_stdout() -> None:
 _JSON_ESCAPE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
+# made once: json.dumps with any option makes a new encoder on every call
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def json_line(record: dict) -> bytes:
     """One record as a JSON Lines line: the text kept as it was, nothing a terminal would act on."""
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    line = _JSON_ENCODER.encode(record)
     if _JSON_ESCAPE.search(line):
         line = _JSON_ESCAPE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
     return (line + "\n").encode("utf-8")
