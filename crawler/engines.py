@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, Protocol, runtime_checkable
+from typing import ContextManager, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 DEFAULT_USER_AGENT = "crawler/{version} (+https://github.com/crawler-dev/crawler)"
 
@@ -115,35 +115,51 @@ class Engine(Protocol):
     def fetch(self, urls: Iterable[str], settings: Settings) -> Iterator[FetchResult]: ...
 
 
-# Optional parts of an engine, read with getattr():
-#
-# ``options: Mapping[str, str]`` -- the ``--engine-opt`` keys the engine reads
-#   from ``settings.engine_options``, each with a one-line description.  A key
-#   that no engine of the run declares is a usage error (a misspelt option is
-#   never silently ignored); ``--list-engines`` shows them.  An engine that
-#   reads none declares ``options = {}``; one without the attribute may read
-#   any key, so a run that includes it cannot refuse one.
-#
-# ``unavailable: str | None`` -- set when the engine cannot run here (a missing
-#   optional dependency), to the reason and the fix, e.g. "pip install
-#   'crawler[dask]'".  ``--list-engines`` shows it, ``-e all`` skips the engine
-#   with a note, and ``-e NAME`` is a usage error quoting it.
-#
-# ``fetches_in_processes: bool`` -- true when fetch() runs requests in other
-#   processes: ``settings.run.gate`` is then a RemoteGate, whose questions a
-#   thread of the crawl's process answers, so that the limits hold across all of them.
-#
-# ``fetch()`` written as a generator may ``return`` a dict of engine-specific
-#   figures: the report shows it as ``engine_stats``.  A ``remote_cpu_s`` key
-#   (CPU spent outside this machine's process tree, e.g. on cluster workers)
-#   is added to the report's ``cpu_s``.
-#
-# ``FetchResult.parsed``: an engine that parses where it fetches hands back
-#   the parse fields (those of :data:`crawler.parse.PARSE_FIELDS`) and may
-#   leave ``body`` empty, giving the decoded size in ``size``; the pipeline
-#   then writes the record without parsing again.  With
-#   ``settings.run.want_bodies`` it must send the body back (``--sitemap`` reads it).
-#
-# ``session(settings)``: a context manager the pipeline enters once around
-#   all of a run's ``fetch()`` calls (one per ``--depth`` level, and the
-#   sitemaps' own), for what should outlive one call (a cluster).
+class OptionalEngineParts(Protocol):
+    """What an engine may have besides :class:`Engine`'s members: each is read with ``getattr`` and a default.
+
+    Not part of :class:`Engine`, which is ``runtime_checkable``: there, a
+    missing optional member would make ``isinstance`` refuse the engine.
+    This class states their types and meaning in one place, for readers and
+    type checkers (``engine: Engine & OptionalEngineParts`` in spirit).
+    Two more optional behaviours belong to ``fetch()`` itself:
+
+    * written as a generator, it may ``return`` a dict of engine-specific
+      figures: the report shows it as ``engine_stats``.  A ``remote_cpu_s``
+      key (CPU spent outside this machine's process tree, e.g. on cluster
+      workers) is added to the report's ``cpu_s``;
+    * an engine that parses where it fetches sets ``FetchResult.parsed`` to
+      the parse fields (those of :data:`crawler.records.PARSE_FIELDS`) and may
+      leave ``body`` empty, giving the decoded size in ``size``; the pipeline
+      then writes the record without parsing again.  With
+      ``settings.run.want_bodies`` it must send the body back (``--sitemap``
+      reads it).
+    """
+
+    #: The ``--engine-opt`` keys the engine reads from ``settings.engine_options``,
+    #: each with a one-line description.  A key that no engine of the run
+    #: declares is a usage error (a misspelt option is never silently
+    #: ignored); ``--list-engines`` shows them.  An engine that reads none
+    #: declares ``{}``; one without the attribute may read any key, so a run
+    #: that includes it cannot refuse one.
+    options: Mapping[str, str]
+
+    #: Set when the engine cannot run here (a missing optional dependency), to
+    #: the reason and the fix, e.g. "pip install 'crawler[dask]'".
+    #: ``--list-engines`` shows it, ``-e all`` skips the engine with a note,
+    #: and ``-e NAME`` is a usage error quoting it.  Default: None.
+    unavailable: str | None
+
+    #: True when fetch() runs requests in other processes: ``settings.run.gate``
+    #: is then a :class:`crawler.politeness.RemoteGate`, whose questions a
+    #: thread of the crawl's process answers, so that the limits hold across
+    #: all of them.  Default: False.
+    fetches_in_processes: bool
+
+    def session(self, settings: Settings) -> ContextManager[object]:
+        """A context manager the pipeline enters once around all of a run's ``fetch()`` calls.
+
+        One per ``--depth`` level, and the sitemaps' own: for what should
+        outlive one call (a cluster).  Default: none.
+        """
+        ...
