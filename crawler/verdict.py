@@ -10,7 +10,10 @@ rules, tried in this order (README "Report" lists them too):
    stage, for at least a quarter of the run.
 3. **client CPU-bound**: fetching kept busy nearly all the cores its engine
    can use: one, for an engine whose fetching runs in one process (the GIL),
-   or every core for one that fetches in several processes.
+   or as many as it has fetching processes (``engine_stats``' ``processes``,
+   or a cluster's ``workers``), at most every core.  CPU the engine reports
+   spending on parsing where it fetches (``remote_parse_cpu_s``) counts as
+   parsing, not fetching.
 4. **machine CPU-bound**: the run's processes (engine, parse stage) together
    kept nearly every core of the machine busy.
 5. **server-bound** / **latency-bound**: the requests in flight stayed near
@@ -68,16 +71,18 @@ def _judge(engine: dict, cores: int, latency_s: float | None) -> str:
         )
 
     used = engine["cpu_s"] / wall
-    fetching = max(engine["cpu_s"] - engine["parse_cpu_s"], 0.0) / wall
-    if engine.get("fetches_in_processes"):
-        if fetching >= BUSY * cores:
-            return f"client CPU-bound: fetching used {fetching:.2f} of {cores} cores"
+    parse_cpu = engine["parse_cpu_s"] + ((engine.get("engine_stats") or {}).get("remote_parse_cpu_s") or 0.0)
+    fetching = max(engine["cpu_s"] - parse_cpu, 0.0) / wall
+    usable = min(_fetching_processes(engine, cores), cores)
+    if usable > 1:
+        if fetching >= BUSY * usable:
+            return f"client CPU-bound: fetching used {fetching:.2f} of the {usable} cores its processes can use"
     elif fetching >= BUSY:
         return f"client CPU-bound: fetching kept its one core {min(fetching, 1.0):.0%} busy (one process: the GIL allows one core)"
     if used >= BUSY * cores:
         return (
             f"machine CPU-bound: the run used {used:.2f} of {cores} cores "
-            f"({fetching:.2f} fetching and recording, {engine['parse_cpu_s'] / wall:.2f} parsing)"
+            f"({fetching:.2f} fetching and recording, {parse_cpu / wall:.2f} parsing)"
         )
 
     concurrency = engine["concurrency"] or 1
@@ -101,6 +106,14 @@ def _judge(engine: dict, cores: int, latency_s: float | None) -> str:
         f"under-filled: only {filled} with the client at {fetching:.2f} cores: "
         f"the URL source, politeness limits or the engine's start-up held it back"
     )
+
+
+def _fetching_processes(engine: dict, cores: int) -> int:
+    """How many processes fetch: 1 unless the engine fetches in processes (its figure, else every core) or on a cluster's workers."""
+    stats = engine.get("engine_stats") or {}
+    if engine.get("fetches_in_processes"):
+        return int(stats.get("processes") or cores)
+    return int(stats.get("workers") or 1)
 
 
 def _codes(errors: dict) -> str:

@@ -41,7 +41,20 @@ def test_each_rule_names_its_limit_and_figure(changes, starts):
 
 def test_processes_are_judged_against_every_core():
     line = judge(figures(cpu_s=35.0, parse_cpu_s=1.0, fetches_in_processes=True), cores=4)
-    assert line.startswith("client CPU-bound: fetching used 3.40 of 4 cores") and "GIL" not in line
+    assert line.startswith("client CPU-bound: fetching used 3.40 of the 4 cores its processes can use") and "GIL" not in line
+    # as many cores as there are processes: 2 pool workers, both busy, on a 4-core machine
+    two = figures(cpu_s=18.0, parse_cpu_s=1.0, fetches_in_processes=True, engine_stats={"processes": 2})
+    assert judge(two, cores=4).startswith("client CPU-bound: fetching used 1.70 of the 2 cores its processes can use")
+
+
+def test_a_cluster_that_fetches_and_parses_on_its_workers_is_not_one_gil():
+    # dask on a LocalCluster of 2 workers, 6 s: parsing happened on the workers (parse_cpu_s 0)
+    dask = figures(wall_s=6.0, cpu_s=5.97, parse_cpu_s=0.0, mean_in_flight=11.5, engine_stats={"workers": 2, "remote_parse_cpu_s": 2.44})
+    line = judge(dask, cores=2)
+    assert "GIL" not in line and "one core" not in line, line
+    assert line.startswith("under-filled: only 11.5 of 32 requests in flight on average with the client at 0.59 cores"), line
+    busy = figures(wall_s=6.0, cpu_s=12.0, parse_cpu_s=0.0, engine_stats={"workers": 2, "remote_parse_cpu_s": 2.0})
+    assert judge(busy, cores=2).startswith("client CPU-bound: fetching used 1.67 of the 2 cores its processes can use")
 
 
 def test_a_known_server_delay_gives_the_ideal_rate():
