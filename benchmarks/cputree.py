@@ -12,10 +12,13 @@ are re-parented to it instead; it reaps every one of them (for at most
 ``--grace`` seconds after the command exits) and exits with the command's
 status.  Whoever waits for this wrapper then gets the CPU time of the whole
 process tree in its own ``RUSAGE_CHILDREN``; ``--print`` also writes it to
-stderr as ``cputree: cpu_s=... wall_s=...``.
+stderr, as the last line, ``cputree: cpu_s=... wall_s=... exit_s=...``:
+``exit_s`` is the command's whole process, from starting it to its exit
+(what a user waits for), ``wall_s`` runs on until the last process it left
+behind was reaped.  Both leave out this wrapper's own start-up.
 
-benchmarks/run.py runs every contestant through it, for the "process CPU"
-column (start-up included).  On other systems it still runs the command,
+benchmarks/run.py runs every contestant through it, for the "tree CPU"
+column (start-up included) and the whole-process wall time.  On other systems it still runs the command,
 without the subreaper.
 """
 
@@ -50,6 +53,7 @@ def main() -> None:
         code = proc.wait()
     except KeyboardInterrupt:
         code = proc.wait()
+    exited = time.perf_counter() - t0
     deadline = time.monotonic() + args.grace
     while time.monotonic() < deadline:  # reap what was re-parented to us
         try:
@@ -61,7 +65,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if args.print:
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-        print(f"cputree: cpu_s={kids.ru_utime + kids.ru_stime:.3f} wall_s={wall:.3f}", file=sys.stderr)
+        print(f"cputree: cpu_s={kids.ru_utime + kids.ru_stime:.3f} wall_s={wall:.3f} exit_s={exited:.3f}", file=sys.stderr)
     sys.exit(code if code >= 0 else 128 - code)
 
 
