@@ -9,24 +9,15 @@ a plugin or a user typed made terminal-safe.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import enum
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import types
 from typing import TYPE_CHECKING, Annotated, Callable, Iterator, Optional
-
-import typer
-from typer.core import TyperCommand
-
-try:  # typer >= 0.16 vendors click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - older typer on real click
-    from click.exceptions import ClickException
 
 from . import __version__
 from .errors import CrawlerError, OutputError
@@ -34,9 +25,13 @@ from .errors import CrawlerError, OutputError
 if TYPE_CHECKING:
     from .api import Options
 
-# Everything else is imported where it is used: `crawl --version` and
-# `--help` load typer and nothing of the crawler's (no engine client, numpy,
-# rich table or plugin); tests/test_cli.py keeps it so.
+# Everything else is imported where it is used, typer included: _app()
+# imports it and binds it (and ClickException) as a global of this module,
+# where crawl()'s string annotations and the handlers below find it.  So
+# `crawl --version` and `crawl --list-engines`, which main() answers before
+# building the app, load no typer or pydantic, and `--help` loads typer and
+# nothing of the crawler's (no engine client, numpy, rich table or plugin);
+# tests/test_startup.py keeps it so.
 
 
 class ExitCode(enum.IntEnum):
@@ -97,11 +92,12 @@ HELP_EXIT_CODES = [
 ]
 
 
-class OneLineErrors(TyperCommand):
+class OneLineErrors:
     """Usage errors as one line on stderr and exit 2: no usage dump, no traceback.
 
     Help is plain text in panels (no rich: ``crawl --help`` starts fast and
-    reads at 80 columns).
+    reads at 80 columns).  Mixed into typer's TyperCommand by :func:`_app`,
+    which is when typer is imported.
     """
 
     def format_help(self, ctx, formatter) -> None:
@@ -149,14 +145,6 @@ class OneLineErrors(TyperCommand):
         sys.exit(int(code or 0))
 
 
-app = typer.Typer(
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
-
 def _first_sentence(text: str) -> str:
     head, dot, _ = text.partition(". ")
     return head + ("." if dot else "")
@@ -168,7 +156,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.command(cls=OneLineErrors)
 def crawl(
     urls_file: Annotated[Optional[str], typer.Argument(help="File with one URL per line; '-' reads stdin.", show_default=False, metavar="URLS_FILE")] = None,
     engine: Annotated[Optional[list[str]], typer.Option("--engine", "-e", help="Engine name; repeatable and comma-separated; 'all' runs every registered engine.", show_default="asyncio")] = None,
@@ -248,7 +235,7 @@ def _list_engines(plugin: list[str]) -> ExitCode:
             reason = getattr(found, "unavailable", None)
             keys = ", ".join(getattr(found, "options", None) or {})
             line = f"{name:10} {found.description}" + (f" [--engine-opt {keys}]" if keys else "")
-            typer.echo(terminal_safe(line + (f" [unavailable: {reason}]" if reason else "")))
+            _echo(terminal_safe(line + (f" [unavailable: {reason}]" if reason else "")))
     except CrawlerError as exc:
         _error(str(exc))
         return ExitCode.USAGE
@@ -452,7 +439,30 @@ def _error(message: str) -> None:
     """One line on stderr: ``crawl: error: ...``, with nothing in it a terminal would act on."""
     from .text import terminal_safe
 
-    typer.echo(f"crawl: error: {terminal_safe(message)}", err=True)
+    _echo(f"crawl: error: {terminal_safe(message)}", err=True)
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """``text`` and a newline on stdout (stderr with ``err``), flushed: what ``typer.echo`` writes, without typer.
+
+    As click does, a stream set up as ASCII gets UTF-8 with unencodable
+    characters replaced, instead of a UnicodeEncodeError.
+    """
+    stream = sys.stderr if err else sys.stdout
+    if stream is None:  # no stream attached (pythonw)
+        return
+    text += "\n"
+    try:
+        ascii_stream = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "ascii"
+    except LookupError:
+        ascii_stream = False
+    if ascii_stream and hasattr(stream, "buffer"):
+        stream.flush()
+        stream.buffer.write(text.encode("utf-8", "replace"))
+        stream.buffer.flush()
+        return
+    stream.write(text)
+    stream.flush()
 
 
 def _interrupted(signum, frame):
@@ -499,6 +509,9 @@ def _url_sources(path: str, several: bool):
     stdin can be read once only, so with several engines it is first spooled
     to a temporary file (streamed, never held in memory).
     """
+    import shutil
+    import tempfile
+
     from .urls import open_url_file, read_url_lines
 
     stream = open_url_file(path)
@@ -534,11 +547,14 @@ def _url_sources(path: str, several: bool):
 @contextlib.contextmanager
 def _progress(quiet: bool):
     """A progress display on stderr when it is a terminal: per engine, done/total, pages/s, failures, ETA."""
+    if quiet:  # before rich is imported: a quiet run needs none of it
+        yield None
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    if quiet or not console.is_terminal:
+    if not console.is_terminal:
         yield None
         return
     with Progress(
@@ -572,5 +588,93 @@ def _advancer(progress, task) -> Callable[[dict], None]:
     return advance
 
 
+def _quick_answer(argv: list[str]) -> int | None:
+    """The exit status of ``crawl --version`` or ``crawl --list-engines [--plugin MODULE]...``,
+    answered here; None for any other command line, which typer parses.
+
+    typer 0.29 converts every option's value through a pydantic TypeAdapter,
+    built on first use: importing typer and pydantic and building the
+    adapters would take most of the 0.25 s these commands may take (issue
+    13).  Only command lines whose meaning is plain are answered here; the
+    output and exit status are those typer's path gives.
+    """
+    if any(name.startswith("_") and name.endswith("_COMPLETE") for name in os.environ):
+        return None  # a shell asking click to complete a word
+    if argv == ["--version"]:
+        _echo(f"crawl {__version__}")
+        return ExitCode.OK
+    plugins = _list_engines_plugins(argv)
+    return None if plugins is None else _list_engines(plugins)
+
+
+def _list_engines_plugins(argv: list[str]) -> list[str] | None:
+    """The ``--plugin`` values of a command line made of ``--list-engines`` and ``--plugin MODULE`` only; else None."""
+    plugins: list[str] = []
+    listing = False
+    words = iter(argv)
+    for word in words:
+        if word == "--list-engines":
+            listing = True
+        elif word.startswith("--plugin="):
+            plugins.append(word.partition("=")[2])
+        elif word == "--plugin":
+            value = next(words, None)
+            if value is None or value.startswith("-"):  # left to click's own reading (and its usage error)
+                return None
+            plugins.append(value)
+        else:
+            return None
+    return plugins if listing else None
+
+
+def _app():
+    """The typer application, built on first use (see the comment at the top)."""
+    global typer, ClickException, _APP
+    if _APP is None:
+        import typer
+        from typer.core import TyperCommand
+
+        try:  # typer >= 0.16 vendors click
+            from typer._click.exceptions import ClickException
+        except ImportError:  # pragma: no cover - older typer on real click
+            from click.exceptions import ClickException
+
+        _APP = typer.Typer(
+            add_completion=False,
+            context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+            pretty_exceptions_enable=False,
+            rich_markup_mode=None,
+        )
+        command = type("OneLineErrors", (OneLineErrors, TyperCommand), {"__doc__": OneLineErrors.__doc__})
+        _APP.command(cls=command)(crawl)
+    return _APP
+
+
+_APP = None
+
+
+def __getattr__(name: str):
+    if name == "app":  # crawler.cli.app, as before it was built lazily
+        return _app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def main() -> None:
-    app()
+    try:
+        code = _quick_answer(sys.argv[1:])
+    except KeyboardInterrupt:  # as typer's path ends it: 130, no traceback
+        code = ExitCode.INTERRUPTED
+    except BrokenPipeError:  # the reader left (`crawl --list-engines | head -1`): as typer's path, exit 1 quietly
+        _silence_standard_streams()
+        code = ExitCode.FAILED
+    if code is not None:
+        sys.exit(int(code))
+    _app()()
+
+
+def _silence_standard_streams() -> None:
+    """Point stdout and stderr at /dev/null, so that the interpreter's last flush raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(devnull, stream.fileno())

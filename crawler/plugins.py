@@ -10,13 +10,15 @@ import importlib
 import os
 import re
 import sys
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import pluggy
 
 from . import hookspecs
-from .engines import Engine
 from .errors import CrawlerError, DuplicateEngineError, EngineUnavailableError, PluginError, UnknownEngineError
+
+if TYPE_CHECKING:
+    from .engines import Engine
 
 ENTRY_POINT_GROUP = "crawler"
 ENGINE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # SPEC §3: nothing a terminal or a markup parser could act on

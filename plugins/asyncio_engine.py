@@ -9,30 +9,43 @@ a helper-thread loop reached a third of a bare aiohttp loop's pages/s).
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import crawler
-from crawler.fetching import (
-    BodyDecoder,
-    Exchange,
-    FetchError,
-    InFlight,
-    MAX_HEADER_SECTION,
-    Response,
-    check_head,
-    describe,
-    fetch_plan,
-    join_headers,
-    run_async,
-)
 
 if TYPE_CHECKING:
     import aiohttp
 
+    from crawler.fetching import Exchange
+
 _DONE = object()
+
+
+def _import_for_fetching() -> None:
+    """Bind asyncio, ssl and crawler.fetching's names as globals of this module, when a fetch starts.
+
+    Not at import: ``crawl --list-engines`` and every crawl import every
+    engine's module, whichever engine runs.  Globals rather than imports in
+    the functions that use them, which run once per request.
+    """
+    global asyncio, ssl, BodyDecoder, FetchError, InFlight, MAX_HEADER_SECTION, Response
+    global check_head, describe, fetch_plan, join_headers, run_async
+    import asyncio
+    import ssl
+
+    from crawler.fetching import (
+        BodyDecoder,
+        FetchError,
+        InFlight,
+        MAX_HEADER_SECTION,
+        Response,
+        check_head,
+        describe,
+        fetch_plan,
+        join_headers,
+        run_async,
+    )
 
 
 class AsyncioEngine:
@@ -41,6 +54,7 @@ class AsyncioEngine:
     options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+        _import_for_fetching()
         loop = asyncio.new_event_loop()
         ready: deque = deque()
         arrived = asyncio.Event()

@@ -11,7 +11,6 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Iterable, Iterator
 
 import crawler
-from crawler.fetching import InFlight, fetch_plan, run_blocking
 
 
 class ThreadsEngine:
@@ -20,7 +19,9 @@ class ThreadsEngine:
     options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
-        from crawler import requests_exchange  # requests is imported when fetching, not when listing engines
+        # Here, not at the top: every crawl and `crawl --list-engines` import this module.
+        from crawler import requests_exchange
+        from crawler.fetching import InFlight, fetch_plan, run_blocking
 
         local = threading.local()
         sessions: list = []  # one per thread, to wake them when the crawl stops early

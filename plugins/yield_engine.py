@@ -35,31 +35,46 @@ import heapq
 import itertools
 import selectors
 import socket
-import ssl
 import time
 from collections import deque
 from functools import partial
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-import h11
-
 import crawler
-from crawler.fetching import (
-    READ_CHUNK,
-    BodyDecoder,
-    Exchange,
-    FetchError,
-    InFlight,
-    MAX_HEADER_SECTION,
-    Response,
-    check_head,
-    describe,
-    fetch_plan,
-    join_headers,
-    request_headers,
-    run_coroutine,
-)
+
+if TYPE_CHECKING:
+    from crawler.fetching import Exchange
+
+
+def _import_for_fetching() -> None:
+    """Bind h11, ssl and crawler.fetching's names as globals of this module, when a fetch starts.
+
+    Not at import: ``crawl --list-engines`` and every crawl import every
+    engine's module, whichever engine runs.  Globals rather than imports in
+    the functions that use them, which run once per chunk read.
+    """
+    global h11, ssl, READ_CHUNK, BodyDecoder, FetchError, InFlight, MAX_HEADER_SECTION, Response
+    global check_head, describe, fetch_plan, join_headers, request_headers, run_coroutine
+    import ssl
+
+    import h11
+
+    from crawler.fetching import (
+        READ_CHUNK,
+        BodyDecoder,
+        FetchError,
+        InFlight,
+        MAX_HEADER_SECTION,
+        Response,
+        check_head,
+        describe,
+        fetch_plan,
+        join_headers,
+        request_headers,
+        run_coroutine,
+    )
+
 
 # --- 1. the scheduler --------------------------------------------------------------
 
@@ -451,6 +466,7 @@ class YieldEngine:
     options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+        _import_for_fetching()
         loop = Loop()
         pool = Pool(settings)
         results: deque = deque()

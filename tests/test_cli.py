@@ -366,20 +366,6 @@ def test_resume_reads_csv_and_sqlite(pages, tmp_path, suffix):
     assert summary["skipped"] == 1 and summary["urls"] == 2
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--list-engines"]])
-def test_quick_commands_import_no_engine_client_numpy_rich_table_or_matplotlib(args):
-    heavy = ["aiohttp", "requests", "urllib3", "numpy", "selectolax", "matplotlib", "dask", "distributed", "rich.table", "rich.progress", "crawler.pipeline", "crawler.outputs"]
-    probe = (
-        "import runpy, sys\n"
-        f"sys.argv = ['crawl', *{args!r}]\n"
-        "try:\n    runpy.run_module('crawler', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        f"print('loaded:', ','.join(m for m in {heavy!r} if m in sys.modules))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "loaded: ", result.stdout
-
-
 def test_help_reads_at_80_columns_in_panels_with_examples_and_exit_codes():
     result = subprocess.run(
         [sys.executable, "-m", "crawler", "--help"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "80"}

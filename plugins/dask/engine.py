@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import logging
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import crawler
 
-from .cluster import Connection
 from .options import DESCRIPTIONS, Options
-from .run import Run
+
+if TYPE_CHECKING:
+    from .cluster import Connection
+
+# .cluster and .run are imported where they are used: every crawl and
+# `crawl --list-engines` import this module, whichever engine runs.
 
 INSTALL_HINT = "pip install 'crawler[dask]'"
 
@@ -39,6 +42,8 @@ class DaskEngine:
         if self._session is not None:  # nested: the outer session serves
             yield
             return
+        from .cluster import Connection
+
         connection = Connection(Options.from_settings(settings), settings)
         quiet = _QuietDask()
         try:
@@ -54,6 +59,8 @@ class DaskEngine:
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         """Batches of ``urls`` run on the cluster (see :mod:`.run`); returns the run's ``engine_stats``."""
+        from .run import Run
+
         run = Run(Options.from_settings(settings), settings, self._session)
         # Dask logs what it copes with (reconnection attempts, workers leaving) with tracebacks
         # on stderr; the crawl reports what matters itself, in one line (CrawlerError).
@@ -77,6 +84,8 @@ class _QuietDask:
     """
 
     def __init__(self) -> None:
+        import logging
+
         import distributed  # noqa: F401  (importing it applies Dask's logging config: first)
 
         names = ["distributed"] + [
@@ -89,5 +98,7 @@ class _QuietDask:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     def restore(self) -> None:
+        import logging
+
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)
