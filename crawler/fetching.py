@@ -417,13 +417,15 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
     redirects = 0
     retry = 0
     while True:
+        held = None
         if polite:
-            refusal = yield from _robots_verdict(host_key(current), current, headers, settings)
+            held = host_key(current)
+            refusal = yield from _admitted(held, current, headers, settings)
             if refusal is not None:
                 code, detail = refusal
                 return result(error=code, detail=detail)
         try:
-            response = yield from _exchange(polite, current, headers, settings)
+            response = yield from _exchange(current, headers, settings, holds=held)
         except FetchError as exc:
             if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
                 retry += 1
@@ -479,20 +481,47 @@ def _plan(url: str, settings: Settings, headers: Mapping[str, str] | None, start
         )
 
 
-def _exchange(polite: bool, url: str, headers: Mapping[str, str], settings: Settings, max_bytes: int | None = None):
-    """One exchange, after the host's gate lets it start (politeness waits are not timed as the request)."""
-    if not polite:
-        return (yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes))
-    key = host_key(url)
+def _exchange(url: str, headers: Mapping[str, str], settings: Settings, max_bytes: int | None = None, holds: str | None = None):
+    """One exchange; ``holds``: the host whose gate slot this request was given, handed back when it ends."""
+    step = Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes)
+    if holds is None:
+        return (yield step)
+    try:
+        response = yield step
+    except (FetchError, Abandoned):
+        yield Ask("finish", (holds,))
+        raise
+    yield Ask("finish", (holds,))
+    return response
+
+
+def _slot(key: str):
+    """Wait until the host's in-flight limit and delay let a request start (politeness waits are not timed as the request)."""
     while (wait := (yield Ask("try_start", (key,)))) > 0:
         yield Sleep(wait)
-    try:
-        response = yield Exchange(url, headers, time.monotonic() + settings.timeout, max_bytes or settings.max_bytes)
-    except (FetchError, Abandoned):
-        yield Ask("finish", (key,))
-        raise
-    yield Ask("finish", (key,))
-    return response
+
+
+def _admitted(key: str, url: str, headers: Mapping[str, str], settings: Settings):
+    """Wait until the gate lets ``url`` start: None once it holds a slot, else the refusal's (error code, detail).
+
+    One question answers both robots.txt and the limits (see
+    :meth:`crawler.politeness.HostGate.admit`): for a worker process, one
+    round trip to its parent per request.  One URL per host fetches
+    robots.txt; the host's other URLs wait for it and share its outcome, a
+    failure included (decided once per run).
+    """
+    while True:
+        answer = yield Ask("admit", (key, url))
+        if isinstance(answer, float):
+            if answer <= 0:
+                return None
+            yield Sleep(answer)
+        elif answer == ROBOTS_PENDING:
+            yield Sleep(0.01)
+        elif answer == ROBOTS_UNKNOWN:
+            yield from _learn_robots(key, url, headers, settings)
+        else:
+            return answer
 
 
 ROBOTS_MAX_BYTES = 512 * 1024  # what Google reads of a robots.txt
@@ -503,8 +532,10 @@ def _fetch_robots(robots_url: str, headers: Mapping[str, str], settings: Setting
     retry = 0
     redirects = 0
     while True:
+        key = host_key(robots_url)
+        yield from _slot(key)
         try:
-            response = yield from _exchange(True, robots_url, headers, settings, ROBOTS_MAX_BYTES)
+            response = yield from _exchange(robots_url, headers, settings, ROBOTS_MAX_BYTES, holds=key)
         except FetchError as exc:
             if exc.code in RETRYABLE_ERRORS and retry < settings.retries:
                 retry += 1
@@ -519,29 +550,20 @@ def _fetch_robots(robots_url: str, headers: Mapping[str, str], settings: Setting
         return response
 
 
-def _robots_verdict(key: str, url: str, headers: Mapping[str, str], settings: Settings):
-    """None when ``url`` may be fetched, else the (error code, detail) of its record.
-
-    One URL per host fetches robots.txt; the host's other URLs wait for it
-    and share its outcome, a failure included (decided once per run).
-    """
-    while (verdict := (yield Ask("admit", (key, url)))) in (ROBOTS_UNKNOWN, ROBOTS_PENDING):
-        if verdict == ROBOTS_PENDING:
-            yield Sleep(0.01)
-            continue
-        try:
-            response = yield from _fetch_robots(urljoin(url, "/robots.txt"), headers, settings)
-        except FetchError as exc:
-            if exc.code == "too_large" and exc.response:
-                yield Ask("learn_robots", (key, 200, ""))  # an absurd robots.txt is no robots.txt
-            else:
-                yield Ask("robots_failed", (key, exc.code, f"robots.txt: {exc.detail}"))
-            continue
-        except Abandoned:  # this URL was stopped mid-fetch: another one will ask
-            yield Ask("robots_abandoned", (key,))
-            raise
-        yield Ask("learn_robots", (key, response.status, response.body.decode("utf-8", "replace")))
-    return verdict
+def _learn_robots(key: str, url: str, headers: Mapping[str, str], settings: Settings):
+    """Fetch the host's robots.txt (this URL was given the job) and tell the gate what it says."""
+    try:
+        response = yield from _fetch_robots(urljoin(url, "/robots.txt"), headers, settings)
+    except FetchError as exc:
+        if exc.code == "too_large" and exc.response:
+            yield Ask("learn_robots", (key, 200, ""))  # an absurd robots.txt is no robots.txt
+        else:
+            yield Ask("robots_failed", (key, exc.code, f"robots.txt: {exc.detail}"))
+        return
+    except Abandoned:  # this URL was stopped mid-fetch: another one will ask
+        yield Ask("robots_abandoned", (key,))
+        raise
+    yield Ask("learn_robots", (key, response.status, response.body.decode("utf-8", "replace")))
 
 
 class InFlight:

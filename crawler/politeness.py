@@ -157,9 +157,18 @@ class HostGate:
                 host.robots = ROBOTS_UNKNOWN
 
     def admit(self, key: str, url: str):
-        """What robots.txt says of ``url``: :meth:`allowed`'s verdict once it is known, else :meth:`robots`'s state."""
+        """May ``url`` start now?  Robots.txt first, then the limits, in one question.
+
+        :data:`ROBOTS_UNKNOWN` (the caller fetches robots.txt) or
+        :data:`ROBOTS_PENDING` (wait) while the rules are not known; the
+        (error code, detail) of a URL robots.txt refuses; else
+        :meth:`try_start`'s answer: seconds to wait, or ``0.0``: started, and
+        the caller must :meth:`finish`.
+        """
         state = self.robots(key)
-        return self.allowed(key, url) if state == ROBOTS_KNOWN else state
+        if state != ROBOTS_KNOWN:
+            return state
+        return self.allowed(key, url) or self.try_start(key)
 
     def allowed(self, key: str, url: str) -> tuple[str, str] | None:
         """None if ``url`` may be fetched, else the (error code, detail) of its record."""
@@ -279,7 +288,7 @@ class GateServer:
     def _answer(self, held: _Held, question: str, args: tuple):
         answer = self.gate.handle(question, args)
         key = args[0]
-        if question == "try_start" and answer == 0.0:
+        if question in ("try_start", "admit") and answer == 0.0:
             held.in_flight[key] += 1
         elif question == "finish":
             held.in_flight[key] -= 1
