@@ -446,3 +446,26 @@ def test_a_worker_that_dies_fetching_robots_txt_leaves_it_to_another(engine):
     if died != [urls[-1]]:
         assert got[urls[-1]]["error"] == "robots"
     assert all(got[url]["ok"] for url in urls[:-1] if url not in died)
+
+
+def test_without_parsing_no_body_crosses_the_pipe_and_the_records_are_the_same(engine, probe):
+    import hashlib
+
+    from conftest import run_records
+
+    urls = [probe.url(f"/port?no-body={i}") for i in range(4)] + [probe.url("/missing-page")]
+    results = list(engine.fetch(urls, settings(concurrency=2).with_run(parse=False)))
+    assert {r.url for r in results} == set(urls)
+    for result in results:  # the size and the fields come back; the bytes stay in the worker
+        assert result.body == b"" and result.size > 0 and result.parsed["title"] is None
+    page = next(r for r in results if r.ok)
+    assert page.parsed["sha256"] == hashlib.sha256(html_page("port")).hexdigest() and page.size == len(html_page("port"))
+    fields = ("ok", "status", "error", "bytes", "sha256", "title")
+    by_engine = {
+        name: {r["url"]: tuple(r[f] for f in fields) for r in run_records(name, urls, parse=False, robots=False)}
+        for name in ("pool", "threads")
+    }
+    assert by_engine["pool"] == by_engine["threads"]
+    # with parsing on, or bodies wanted, the body comes back as before
+    [whole] = engine.fetch(urls[:1], settings(concurrency=1).with_run(want_bodies=True, parse=False))
+    assert whole.body == html_page("port") and whole.parsed is None

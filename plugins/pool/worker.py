@@ -15,6 +15,7 @@ of them, see :mod:`.engine`), never by the parent listing engines.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import crawler
 from crawler.fetching import describe, fetch_plan, run_blocking
 from crawler.processes import follow_parent
+from crawler.records import has_body, unparsed_fields
 
 
 @dataclass
@@ -54,12 +56,20 @@ def init_worker(settings: crawler.Settings, state) -> None:
 def _fetch_one(worker: WorkerState, url: str) -> crawler.FetchResult:
     started = time.monotonic()
     try:
-        return run_blocking(
+        result = run_blocking(
             fetch_plan(url, worker.settings),
             lambda step: worker.exchange(worker.session, step, worker.verify),
         )
     except Exception as exc:  # a bug must cost one record, not the task's place in the pool
         return crawler.FetchResult(url=url, error="other", detail=describe(exc), elapsed=time.monotonic() - started)
+    run = worker.settings.run
+    if result.body and not run.parse and not run.want_bodies:
+        # Nobody in the parent reads the body: its record's fields are made here, and the
+        # body's size crosses the pipe instead of its bytes (with 30 KB pages, most of the
+        # parent's work per URL was unpickling bodies only to hash them).
+        fields = unparsed_fields(result.body if has_body(result) else None)
+        result = dataclasses.replace(result, body=b"", size=len(result.body), parsed=fields)
+    return result
 
 
 def fetch_batch(batch: list[tuple[int, int, str]]) -> list[tuple[int, crawler.FetchResult | None]]:
