@@ -156,6 +156,14 @@ class OptionalEngineParts(Protocol):
     #: all of them.  Default: False.
     fetches_in_processes: bool
 
+    #: Modules ``fetch()`` needs (its HTTP client), imported by the pipeline before
+    #: the run's clock starts: an engine module imports its client only when
+    #: it runs, so that listing engines stays quick, and the bare reference
+    #: loops of the benchmarks import theirs before they time too.  Imports
+    #: only: pools, sessions and connections are the run's own cost.
+    #: Default: none.
+    imports: tuple[str, ...]
+
     def session(self, settings: Settings) -> ContextManager[object]:
         """A context manager the pipeline enters once around all of a run's ``fetch()`` calls.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import itertools
 import operator
 import os
@@ -347,6 +348,8 @@ class EngineRun:
     def _set_up(self) -> None:
         """The run's parts: frontier (when following), parse stage, politeness gate, the settings the engine gets."""
         engine, options = self.engine, self.options
+        for module in getattr(engine, "imports", ()):
+            importlib.import_module(module)  # before the clock: the engine's client library
         if self.following:
             self.frontier = _open_frontier(engine.name, options, self.state, self.resume, self.skip, self.notify)
         if options.parse:

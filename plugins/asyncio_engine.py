@@ -52,6 +52,7 @@ class AsyncioEngine:
     name = "asyncio"
     description = "aiohttp ClientSession, asyncio.gather over worker coroutines fed by a queue"
     options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
+    imports = ("aiohttp", "crawler.fetching")  # see crawler.engines.OptionalEngineParts
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         _import_for_fetching()

@@ -17,6 +17,7 @@ class ThreadsEngine:
     name = "threads"
     description = "ThreadPoolExecutor + requests, a Session per thread"
     options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
+    imports = ("crawler.requests_exchange", "crawler.fetching")  # requests; see crawler.engines.OptionalEngineParts
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         # Here, not at the top: every crawl and `crawl --list-engines` import this module.

@@ -464,6 +464,7 @@ class YieldEngine:
     name = "yield"
     description = "generator coroutines on one thread: selectors, non-blocking sockets and ssl, h11"
     options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
+    imports = ("h11", "ssl", "crawler.fetching")  # see crawler.engines.OptionalEngineParts
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         _import_for_fetching()

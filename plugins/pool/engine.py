@@ -35,13 +35,13 @@ import crawler
 from crawler.errors import CrawlerError
 from crawler.processes import preload_in_forkserver, start_context
 
-from . import worker
-from .run import CHUNKSIZE, Run
+# The most URLs one task carries (the measurements behind it: .run's comment on batches).
+CHUNKSIZE = 8
 
 # requests (through crawler.requests_exchange) is imported by the workers,
 # where it is used, and once by the forkserver for all of them: not by
-# `crawl --list-engines`.
-preload_in_forkserver([worker.__name__, "crawler.requests_exchange"])
+# `crawl --list-engines`, which imports this module but not .run or .worker.
+preload_in_forkserver([f"{__package__}.worker", "crawler.requests_exchange"])
 
 
 class PoolEngine:
@@ -52,9 +52,12 @@ class PoolEngine:
         "chunksize": f"most URLs one task carries to a worker (default {CHUNKSIZE}; batches stay smaller while fetches are slow)",
     }
     fetches_in_processes = True  # so the workers ask the per-host gate in the parent
+    imports = ("crawler_plugins.pool.run",)  # the parent's side; the workers import requests
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         # Returns (StopIteration.value) a few figures for the report's engine_stats.
+        from .run import Run
+
         return (yield from Run(urls, settings, _context(settings), _chunksize(settings)).results())
 
 

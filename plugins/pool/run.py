@@ -20,8 +20,10 @@ import crawler
 from crawler.errors import CrawlerError
 
 from .crew import Crew, died
+from .engine import CHUNKSIZE
 
-# Largest number of URLs per task (our own batches: with Pool's chunksize > 1,
+# CHUNKSIZE, the largest number of URLs per task, is 8 (defined with the engine's options
+# it defaults), for these reasons.  Our own batches (with Pool's chunksize > 1,
 # imap_unordered returns a plain generator, without the next(timeout) that the
 # dead-worker check needs).  Measured on 2 cores shared with other jobs (so
 # wall times are noisy; CPU times less so), Python 3.11, forkserver, 2000 demo
@@ -50,7 +52,6 @@ from .crew import Crew, died
 # more) every URL goes alone; a server with 1 URL in 25 taking 0.5 s, the rest
 # 10 ms, ran 1000 URLs at -c 8 in 4.4-5.3 s whatever the chunksize, and 50 URLs
 # of 0.2 s at -c 32 took 0.8-1.2 s whatever the chunksize.
-CHUNKSIZE = 8
 # A batch holds as many URLs as the average fetch time says take this long
 # (up to CHUNKSIZE); slower fetches go one per task (see Run._batch_size).
 BATCH_S = 0.1
