@@ -169,9 +169,10 @@ def compare(
     chosen = Options.of("compare", options)
     selected = _engines(chosen, [engines] if isinstance(engines, str) else list(engines))
     _check_urls(urls)
-    from .pipeline import run_engine, sized
+    from .pipeline import preload_for, run_engine, sized
     from .report import build_report
 
+    preload_for(selected)
     settings, run_options, levels = chosen.settings(), chosen.run_options(), chosen.levels()
     sweep = len(levels) > 1
     summaries = []

@@ -299,6 +299,9 @@ def _run_job(job: _Job, summaries: list[dict]) -> ExitCode:
                 from .urls import count_url_lines
 
                 total = count_url_lines(job.args.urls_file)  # one streaming pass: the ETA, and pool sizes
+            from .pipeline import preload_for
+
+            preload_for(job.chosen)
             for level in job.levels:
                 for engine in job.chosen:
                     stats = _run_one(job, engine, level, sources, writer, progress, total, exclude, summaries)

@@ -164,6 +164,12 @@ class OptionalEngineParts(Protocol):
     #: Default: none.
     imports: tuple[str, ...]
 
+    #: Modules the engine's worker processes need, for an engine whose workers the
+    #: ``forkserver`` starts: the server imports them once, before forking any
+    #: worker (the pipeline lists them before a run starts it; see
+    #: :func:`crawler.pipeline.preload_for`).  Default: none.
+    forkserver_preload: tuple[str, ...]
+
     def session(self, settings: Settings) -> ContextManager[object]:
         """A context manager the pipeline enters once around all of a run's ``fetch()`` calls.
 

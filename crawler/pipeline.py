@@ -28,7 +28,7 @@ from .frontier import Frontier
 from .records import make_record
 from .parse_stage import ParseStage
 from .politeness import GateServer, HostGate
-from .processes import hide_script_main, show_script_main
+from .processes import hide_script_main, preload_in_forkserver, show_script_main
 from .stats import MemorySampler, RunStats
 from .urls import OverlongLine
 
@@ -54,6 +54,19 @@ class RunOptions:
 
 def wants_parse(result: FetchResult) -> bool:
     return result.ok and result.parsed is None and parse.is_html(result.content_type, result.body)
+
+
+def preload_for(engines: Iterable[Engine]) -> None:
+    """Have the forkserver import what these engines' worker processes need (their ``forkserver_preload``).
+
+    Call it before any run of a session starts the forkserver (the parse
+    stage does, first): a list added later counts only if the server is
+    started again, which it is not, and each worker then imports the modules
+    itself.  The parse workers of a run without such an engine need none of
+    it, so it is not listed at import.
+    """
+    for engine in engines:
+        preload_in_forkserver(list(getattr(engine, "forkserver_preload", ())))
 
 
 def _politeness_gate(engine: Engine, settings: Settings):
@@ -350,6 +363,7 @@ class EngineRun:
         engine, options = self.engine, self.options
         for module in getattr(engine, "imports", ()):
             importlib.import_module(module)  # before the clock: the engine's client library
+        preload_for([engine])
         if self.following:
             self.frontier = _open_frontier(engine.name, options, self.state, self.resume, self.skip, self.notify)
         if options.parse:

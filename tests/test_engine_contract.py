@@ -22,10 +22,11 @@ def test_optional_parts_have_the_stated_types(name):
     assert isinstance(getattr(engine, "unavailable", None), (str, type(None)))
     assert isinstance(getattr(engine, "fetches_in_processes", False), bool)
     assert callable(getattr(engine, "session", callable))
-    imports = getattr(engine, "imports", ())
-    assert isinstance(imports, tuple) and all(isinstance(name, str) for name in imports)
-    for name in imports:  # each exists (a typo would fail every run of the engine)
-        __import__(name)
+    for part in ("imports", "forkserver_preload"):
+        names = getattr(engine, part, ())
+        assert isinstance(names, tuple) and all(isinstance(name, str) for name in names)
+        for name in names:  # each exists (a typo would fail every run of the engine)
+            __import__(name)
 
 
 def test_the_protocol_declares_every_optional_part_the_core_reads():
@@ -39,4 +40,4 @@ def test_the_protocol_declares_every_optional_part_the_core_reads():
         read |= set(re.findall(r"getattr\((?:self\.)?engine, \"(\w+)\"", source.read_text()))
     declared = set(OptionalEngineParts.__annotations__) | {"session"}
     assert read - {"name"} <= declared, f"read with getattr but not declared in OptionalEngineParts: {read - declared}"
-    assert {"options", "unavailable", "fetches_in_processes", "session", "imports"} <= read
+    assert {"options", "unavailable", "fetches_in_processes", "session", "imports", "forkserver_preload"} <= read

@@ -48,11 +48,20 @@ def test_every_internal_the_pool_engine_relies_on_exists_on_this_python(pool):
 
 
 @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
-def test_the_forkserver_preloads_the_worker_and_its_client():
-    from crawler import processes
+def test_the_forkserver_preloads_the_worker_and_its_client_only_for_a_run_with_the_pool():
+    import subprocess
+    import sys
 
-    assert {"crawler_plugins.pool.worker", "crawler.requests_exchange"} <= set(processes._FORKSERVER_PRELOAD)
-    assert processes._FORKSERVER_PRELOAD[0] == "__main__"  # multiprocessing's default, kept
+    script = (
+        "import sys; from crawler import processes; from crawler.pipeline import preload_for;"
+        "from crawler.plugins import engines, get_plugin_manager;"
+        "found = engines(get_plugin_manager()); print(processes._FORKSERVER_PRELOAD);"
+        "preload_for([found[name] for name in sys.argv[1:]]); print(processes._FORKSERVER_PRELOAD)"
+    )
+    listed, asyncio_run = subprocess.run([sys.executable, "-c", script, "asyncio"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert listed == asyncio_run == "['__main__']"  # importing every engine, and running asyncio: nothing more
+    _, pool_run = subprocess.run([sys.executable, "-c", script, "asyncio", "pool"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert pool_run == "['__main__', 'crawler_plugins.pool.worker', 'crawler.requests_exchange']"
 
 
 @pytest.mark.parametrize("python", [("cpython", (3, 16)), ("cpython", (3, 10)), ("pypy", (3, 11))])

@@ -33,15 +33,11 @@ from typing import Iterable, Iterator
 
 import crawler
 from crawler.errors import CrawlerError
-from crawler.processes import preload_in_forkserver, start_context
+from crawler.processes import start_context
 
 # The most URLs one task carries (the measurements behind it: .run's comment on batches).
 CHUNKSIZE = 8
 
-# requests (through crawler.requests_exchange) is imported by the workers,
-# where it is used, and once by the forkserver for all of them: not by
-# `crawl --list-engines`, which imports this module but not .run or .worker.
-preload_in_forkserver([f"{__package__}.worker", "crawler.requests_exchange"])
 
 
 class PoolEngine:
@@ -53,6 +49,9 @@ class PoolEngine:
     }
     fetches_in_processes = True  # so the workers ask the per-host gate in the parent
     imports = ("crawler_plugins.pool.run",)  # the parent's side; the workers import requests
+    # requests (through crawler.requests_exchange) is imported once by the forkserver for
+    # every worker: not by `crawl --list-engines`, nor by a run's parse workers without pool
+    forkserver_preload = (f"{__package__}.worker", "crawler.requests_exchange")
 
     def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
         # Returns (StopIteration.value) a few figures for the report's engine_stats.
