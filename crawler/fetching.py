@@ -174,6 +174,13 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
+# The common URL, already fit for the wire: http(s), an ASCII host name, maybe a port,
+# a path (and query) of printable ASCII without a fragment.  Most of a crawl's URLs
+# are such; they skip urlsplit, the idna codec and urlunsplit (a tenth of the
+# asyncio engine's own time, profiled fetch-only).
+_SIMPLE_URL = re.compile(r"([Hh][Tt][Tt][Pp][Ss]?)://([A-Za-z0-9_.-]{1,253})(?::([0-9]{1,5}))?(/[!-\"$-~]*)\Z")
+
+
 def http_url(url: str) -> str:
     """Return ``url`` ready for the wire, or raise ``FetchError("invalid_url")``.
 
@@ -181,6 +188,18 @@ def http_url(url: str) -> str:
     the fragment dropped, and characters that cannot travel in a request
     line are percent-encoded.
     """
+    simple = _SIMPLE_URL.match(url)
+    if simple is not None and len(url) <= MAX_URL_LENGTH and not url.endswith("?"):
+        scheme, host, port, path = simple.groups()
+        labels = host.split(".")
+        if all(0 < len(label) < 64 for label in labels[:-1]) and len(labels[-1]) < 64 and (port is None or int(port) <= 65535):
+            netloc = host.lower() if port is None else f"{host.lower()}:{int(port)}"
+            return f"{scheme.lower()}://{netloc}{path}"
+    return _any_http_url(url)
+
+
+def _any_http_url(url: str) -> str:
+    """:func:`http_url` for any URL (the general way, which the simple one must agree with)."""
     if not url or _CONTROL_CHARS.search(url):
         raise FetchError("invalid_url", "empty URL or control characters")
     if len(url) > MAX_URL_LENGTH:
