@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import sys
 from typing import BinaryIO, Iterator
 from urllib.parse import urlsplit
@@ -114,7 +116,21 @@ def host_port(url: str) -> tuple[str, int]:
 
 def host_key(url: str) -> str:
     """``host:port`` of ``url``, the key of its host in every per-host table."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in DEFAULT_PORTS and _PLAIN.fullmatch(rest):
+        # asked for every URL: the answer of a scheme and netloc is kept, not parsed again
+        return _netloc_key(scheme.lower(), _NETLOC_END.split(rest, 1)[0])
     return "%s:%d" % host_port(url)
+
+
+# what urlsplit would strip or remove, or treat specially: such URLs take the long way
+_PLAIN = re.compile(r"[!-~]*")
+_NETLOC_END = re.compile(r"[/?#]")
+
+
+@functools.lru_cache(maxsize=1024)
+def _netloc_key(scheme: str, netloc: str) -> str:
+    return "%s:%d" % host_port(f"{scheme}://{netloc}/")
 
 
 def url_key(url: str) -> int:

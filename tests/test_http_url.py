@@ -1,4 +1,4 @@
-"""http_url's quick way for the common URL gives what its general way gives, for every URL."""
+"""The quick ways for the common URL (http_url, host_key) give what the general ways give, for every URL."""
 
 from __future__ import annotations
 
@@ -37,3 +37,25 @@ def test_the_quick_way_agrees_on_random_urls():
     for _ in range(20000):
         url = rnd.choice(["http://", "https://", "HTTP://", "hTtPs://"]) + "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 25)))
         assert outcome(http_url, url) == outcome(_any_http_url, url), url
+
+
+def test_host_key_kept_per_netloc_agrees_with_parsing_each_url():
+    from crawler.urls import host_key, host_port
+
+    def parsed(url):
+        try:
+            return "%s:%d" % host_port(url)
+        except ValueError as exc:
+            return type(exc).__name__
+
+    def keyed(url):
+        try:
+            return host_key(url)
+        except ValueError as exc:
+            return type(exc).__name__
+
+    rnd = random.Random(5)
+    alphabet = "aZ09.-_:/?#@%é []~!\t"
+    edges = ["http://H:80/", "HTTPS://h/", "http://h:0/", "http://h:99999/", "http://u:p@h:81/x", "http://[::1]:8/", "http://h", "http://h?x", "http://h#f", "ftp://h/"]
+    for url in edges + [rnd.choice(["http://", "https://", "HTTP://", "ftp://", "http:/"]) + "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 20))) for _ in range(20000)]:
+        assert keyed(url) == parsed(url), url
