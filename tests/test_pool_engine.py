@@ -26,7 +26,8 @@ from conftest import LocalServer, html_page
 import crawler
 from crawler.errors import CrawlerError
 from crawler.plugins import engines, get_plugin_manager
-from crawler_plugins.pool.run import CHUNKSIZE, Run
+from crawler_plugins.pool.engine import CHUNKSIZE
+from crawler_plugins.pool.run import Run
 
 
 class Probe:

@@ -20,7 +20,6 @@ import crawler
 from crawler.errors import CrawlerError
 
 from .crew import Crew, died
-from .engine import CHUNKSIZE
 
 # CHUNKSIZE, the largest number of URLs per task, is 8 (defined with the engine's options
 # it defaults), for these reasons.  Our own batches (with Pool's chunksize > 1,

@@ -1,98 +1,69 @@
-"""``asyncio``: aiohttp on one event loop, ``--concurrency`` worker coroutines.
-
-Coroutines switch only where they await, so thousands of waits cost one
-thread; like threads, the client's Python work runs on one core.  The loop
-runs in the caller's thread, whenever the caller waits for results: no
-second thread contends for the GIL and no result crosses threads (measured:
-a helper-thread loop reached a third of a bare aiohttp loop's pages/s).
-"""
+"""The ``asyncio`` engine's work, imported when a run starts (not by ``crawl --list-engines``): aiohttp on one event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
+
+import aiohttp
 
 import crawler
-
-if TYPE_CHECKING:
-    import aiohttp
-
-    from crawler.fetching import Exchange
+from crawler.fetching import (
+    MAX_HEADER_SECTION,
+    BodyDecoder,
+    Exchange,
+    FetchError,
+    InFlight,
+    Response,
+    check_head,
+    describe,
+    fetch_plan,
+    join_headers,
+    run_async,
+)
 
 _DONE = object()
 
 
-def _import_for_fetching() -> None:
-    """Bind asyncio, ssl and crawler.fetching's names as globals of this module, when a fetch starts.
+def fetch(urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+    """What :meth:`AsyncioEngine.fetch` does: the loop runs in the caller's thread while it waits for results."""
+    loop = asyncio.new_event_loop()
+    ready: deque = deque()
+    arrived = asyncio.Event()
+    in_flight = InFlight()
 
-    Not at import: ``crawl --list-engines`` and every crawl import every
-    engine's module, whichever engine runs.  Globals rather than imports in
-    the functions that use them, which run once per request.
-    """
-    global asyncio, ssl, BodyDecoder, FetchError, InFlight, MAX_HEADER_SECTION, Response
-    global check_head, describe, fetch_plan, join_headers, run_async
-    import asyncio
-    import ssl
+    async def give(result: crawler.FetchResult) -> None:
+        ready.append(result)
+        arrived.set()
 
-    from crawler.fetching import (
-        BodyDecoder,
-        FetchError,
-        InFlight,
-        MAX_HEADER_SECTION,
-        Response,
-        check_head,
-        describe,
-        fetch_plan,
-        join_headers,
-        run_async,
-    )
-
-
-class AsyncioEngine:
-    name = "asyncio"
-    description = "aiohttp ClientSession, asyncio.gather over worker coroutines fed by a queue"
-    options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
-    imports = ("aiohttp", "crawler.fetching")  # see crawler.engines.OptionalEngineParts
-
-    def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
-        _import_for_fetching()
-        loop = asyncio.new_event_loop()
-        ready: deque = deque()
-        arrived = asyncio.Event()
-        in_flight = InFlight()
-
-        async def give(result: crawler.FetchResult) -> None:
-            ready.append(result)
-            arrived.set()
-
-        crawl = loop.create_task(_crawl(urls, settings, give, in_flight))
-        crawl.add_done_callback(lambda _: arrived.set())
-        try:
-            while True:
-                if not ready:
-                    if crawl.done():
-                        crawl.result()  # an engine bug surfaces here, not as lost records
-                        return {"peak_in_flight": in_flight.peak}
-                    arrived.clear()
-                    # The loop runs while the caller waits for results: at most one
-                    # pass of every worker's results piles up, so memory stays bounded.
-                    loop.run_until_complete(arrived.wait())
-                while ready:
-                    yield ready.popleft()
-        finally:
-            if not crawl.done():
-                crawl.cancel()
-                try:
-                    loop.run_until_complete(crawl)
-                except BaseException:
-                    pass  # cancelled, as asked
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    crawl = loop.create_task(_crawl(urls, settings, give, in_flight))
+    crawl.add_done_callback(lambda _: arrived.set())
+    try:
+        while True:
+            if not ready:
+                if crawl.done():
+                    crawl.result()  # an engine bug surfaces here, not as lost records
+                    return {"peak_in_flight": in_flight.peak}
+                arrived.clear()
+                # The loop runs while the caller waits for results: at most one
+                # pass of every worker's results piles up, so memory stays bounded.
+                loop.run_until_complete(arrived.wait())
+            while ready:
+                yield ready.popleft()
+    finally:
+        if not crawl.done():
+            crawl.cancel()
+            try:
+                loop.run_until_complete(crawl)
+            except BaseException:
+                pass  # cancelled, as asked
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 async def _crawl(urls, settings, give, in_flight: InFlight) -> None:
-    import aiohttp  # here, not at the top: listing engines must not pay for it
-
     ssl_context = ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
     connector = aiohttp.TCPConnector(limit=settings.concurrency, limit_per_host=0, ssl=ssl_context, ttl_dns_cache=300)
     url_queue: asyncio.Queue = asyncio.Queue(maxsize=settings.concurrency)
@@ -137,8 +108,6 @@ async def _crawl(urls, settings, give, in_flight: InFlight) -> None:
 
 
 async def _exchange(session: aiohttp.ClientSession, step: Exchange, status_line: list[Response]) -> Response:
-    import aiohttp
-
     try:
         async with session.get(step.url, headers=step.headers, allow_redirects=False) as resp:
             check_head(resp.raw_headers)
@@ -167,8 +136,3 @@ async def _exchange(session: aiohttp.ClientSession, step: Exchange, status_line:
         raise FetchError("invalid_url", describe(exc)) from None
     except aiohttp.ClientError as exc:
         raise FetchError("other", describe(exc)) from None
-
-
-@crawler.hookimpl
-def crawler_engines():
-    return [AsyncioEngine()]

@@ -1,31 +1,4 @@
-"""``yield``: generator coroutines on one thread — no asyncio, no threads.
-
-After the 500lines crawler chapter ("A Web Crawler With asyncio Coroutines"),
-in three parts that can be read separately:
-
-1. **The scheduler** (:class:`Loop`).  A coroutine is a plain generator that
-   ``yield``\\ s what it waits for — :class:`Readable`, :class:`Writable` (a
-   socket, with a deadline) or :class:`Timer` — and is resumed with ``send()``
-   when that happens, or has ``FetchError("timeout")`` thrown in when the
-   deadline passes first.  One ``selectors`` selector and one heap of timers.
-2. **The HTTP exchange** (:func:`exchange`).  One GET over a pooled keep-alive
-   connection, framed by h11 (sans-IO: it never touches the socket, so the
-   same code runs over plain and TLS sockets), read top to bottom: it picks a
-   connection, :func:`_attempt` sends and reads the head, :func:`_read_body`
-   the body.
-3. **Producer and consumers** (:meth:`YieldEngine.fetch`).  A producer
-   generator hands out URLs; ``--concurrency`` consumer coroutines each drive
-   :func:`crawler.fetching.fetch_plan` with ``yield from``.  ``fetch`` runs the
-   loop in the caller's thread and yields each result as soon as it is done.
-
-The lesson this engine shows rather than hides: everything shares one
-thread, so any call that blocks stops *every* coroutine.  Name resolution is
-such a call here (``socket.getaddrinfo`` has no non-blocking form in the
-standard library; asyncio hides it in a thread pool, which this engine has
-none of).  Each host is resolved once and cached, so the stall happens once per
-host — but on a list of many slow-to-resolve hosts it shows in the numbers.
-Reading the URL list is another: a slow stdin stalls the crawl the same way.
-"""
+"""The ``yield`` engine's work, imported when a run starts (not by ``crawl --list-engines``): the scheduler, the exchange, producer and consumers (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -35,46 +8,31 @@ import heapq
 import itertools
 import selectors
 import socket
+import ssl
 import time
 from collections import deque
 from functools import partial
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
+import h11
+
 import crawler
-
-if TYPE_CHECKING:
-    from crawler.fetching import Exchange
-
-
-def _import_for_fetching() -> None:
-    """Bind h11, ssl and crawler.fetching's names as globals of this module, when a fetch starts.
-
-    Not at import: ``crawl --list-engines`` and every crawl import every
-    engine's module, whichever engine runs.  Globals rather than imports in
-    the functions that use them, which run once per chunk read.
-    """
-    global h11, ssl, READ_CHUNK, BodyDecoder, FetchError, InFlight, MAX_HEADER_SECTION, Response
-    global check_head, describe, fetch_plan, join_headers, request_headers, run_coroutine
-    import ssl
-
-    import h11
-
-    from crawler.fetching import (
-        READ_CHUNK,
-        BodyDecoder,
-        FetchError,
-        InFlight,
-        MAX_HEADER_SECTION,
-        Response,
-        check_head,
-        describe,
-        fetch_plan,
-        join_headers,
-        request_headers,
-        run_coroutine,
-    )
-
+from crawler.fetching import (
+    MAX_HEADER_SECTION,
+    READ_CHUNK,
+    BodyDecoder,
+    Exchange,
+    FetchError,
+    InFlight,
+    Response,
+    check_head,
+    describe,
+    fetch_plan,
+    join_headers,
+    request_headers,
+    run_coroutine,
+)
 
 # --- 1. the scheduler --------------------------------------------------------------
 
@@ -460,34 +418,23 @@ def producer(urls: Iterable[str]) -> Iterator[str]:
     yield from urls
 
 
-class YieldEngine:
-    name = "yield"
-    description = "generator coroutines on one thread: selectors, non-blocking sockets and ssl, h11"
-    options: dict[str, str] = {}  # reads no --engine-opt key: any is a usage error
-    imports = ("h11", "ssl", "crawler.fetching")  # see crawler.engines.OptionalEngineParts
-
-    def fetch(self, urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
-        _import_for_fetching()
-        loop = Loop()
-        pool = Pool(settings)
-        results: deque = deque()
-        urls_out = producer(urls)
-        in_flight = InFlight()
-        try:
-            for _ in range(max(settings.concurrency, 1)):
-                loop.spawn(consumer(urls_out, settings, pool, results, in_flight))
-            while loop.tasks:
-                loop.run_once()
-                while results:
-                    yield results.popleft()
-            return {"peak_in_flight": in_flight.peak}
-        finally:
-            loop.close()
-            for conn in list(pool.open):
-                conn.close()
-            urls_out.close()
-
-
-@crawler.hookimpl
-def crawler_engines():
-    return [YieldEngine()]
+def fetch(urls: Iterable[str], settings: crawler.Settings) -> Iterator[crawler.FetchResult]:
+    """What :meth:`YieldEngine.fetch` does: the loop runs in the caller's thread, each result handed on as soon as it is done."""
+    loop = Loop()
+    pool = Pool(settings)
+    results: deque = deque()
+    urls_out = producer(urls)
+    in_flight = InFlight()
+    try:
+        for _ in range(max(settings.concurrency, 1)):
+            loop.spawn(consumer(urls_out, settings, pool, results, in_flight))
+        while loop.tasks:
+            loop.run_once()
+            while results:
+                yield results.popleft()
+        return {"peak_in_flight": in_flight.peak}
+    finally:
+        loop.close()
+        for conn in list(pool.open):
+            conn.close()
+        urls_out.close()
