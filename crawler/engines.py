@@ -58,8 +58,8 @@ class RunContext:
     # an engine that parses where it fetches and keeps bodies there sends them back
     want_bodies: bool = False
     # the run's per-host politeness (crawler.politeness.HostGate, or a RemoteGate to it for
-    # engines that fetch in processes): the fetch plan's Ask steps are answered with it
-    # (drivers take gate=settings.run.gate); None when no rule is on
+    # engines that fetch in processes): the fetch plan carries it, and its driver answers
+    # the plan's Ask steps with it; None when no rule is on
     gate: object | None = field(default=None, compare=False, repr=False)
 
 

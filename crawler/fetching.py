@@ -733,9 +733,7 @@ def _abandon(plan: Plan, gate) -> None:
         step = plan.throw(Abandoned())
         while isinstance(step, Ask) and gate is not None:
             step = plan.send(gate.answer(step))
-    except (Abandoned, StopIteration):
-        pass
-    except Exception:  # the gate is gone with the run: nothing left to give back
+    except (Abandoned, Exception):  # ended; or the gate went with the run: nothing left to give back
         pass
     finally:
         plan.close()

@@ -211,7 +211,19 @@ class RemoteGate:
             if self._conn is None:
                 self._conn = Client(self.address, authkey=self.authkey)
             self._conn.send((ask.question, ask.args))
-            return self._conn.recv() if ask.question in QUESTIONS else None
+            if ask.question not in QUESTIONS:
+                return None
+            reply = self._conn.recv()
+        if isinstance(reply, _Failed):
+            raise RuntimeError(f"politeness gate: {reply.detail}")
+        return reply
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """The gate raised answering a question: the asker's plan gets the error (that URL's record), the server goes on."""
+
+    detail: str
 
 
 @dataclass
@@ -278,7 +290,10 @@ class GateServer:
                     self._give_back(held.pop(conn))
                     conn.close()
                     continue
-                answer = self._answer(held[conn], question, args)
+                try:
+                    answer = self._answer(held[conn], question, args)
+                except Exception as exc:  # as a local gate's error would: one record, not every worker hung
+                    answer = _Failed(f"{type(exc).__name__}: {exc}")
                 if question in QUESTIONS:
                     try:
                         conn.send(answer)

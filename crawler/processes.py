@@ -75,8 +75,9 @@ def preload_in_forkserver(names: list[str]) -> None:
 
     Kept here, added to, and handed whole to the public
     ``set_forkserver_preload`` (which replaces the list and has no getter).
-    Call it at import time: the list only counts when the server starts, and
-    the parse stage may start it before an engine runs.
+    Call it before the server starts (see :func:`crawler.pipeline.preload_for`):
+    the list only counts then, and the parse stage may start it before an
+    engine runs.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return

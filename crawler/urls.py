@@ -114,6 +114,11 @@ def host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
 
 
+# what urlsplit would strip or remove, or treat specially: such URLs take the long way
+_PLAIN = re.compile(r"[!-~]*")
+_NETLOC_END = re.compile(r"[/?#]")
+
+
 def host_key(url: str) -> str:
     """``host:port`` of ``url``, the key of its host in every per-host table."""
     scheme, sep, rest = url.partition("://")
@@ -121,11 +126,6 @@ def host_key(url: str) -> str:
         # asked for every URL: the answer of a scheme and netloc is kept, not parsed again
         return _netloc_key(scheme.lower(), _NETLOC_END.split(rest, 1)[0])
     return "%s:%d" % host_port(url)
-
-
-# what urlsplit would strip or remove, or treat specially: such URLs take the long way
-_PLAIN = re.compile(r"[!-~]*")
-_NETLOC_END = re.compile(r"[/?#]")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -32,7 +32,7 @@ from conftest import LocalServer, by_url, html_page, run_records
 
 import crawler
 from crawler.fetching import fetch_plan, run_async, run_coroutine
-from crawler.politeness import ROBOTS_PENDING, ROBOTS_UNKNOWN, HostGate
+from crawler.politeness import ROBOTS_PENDING, ROBOTS_UNKNOWN, GateServer, HostGate
 
 # How much later than its start one request may reach the server than another (see above).
 ARRIVAL_JITTER_S = 0.1
@@ -216,3 +216,47 @@ def test_a_cancelled_async_driver_gives_back_the_slot_and_the_robots_fetch():
 
     asyncio.run(main())
     _given_back(gate)
+
+
+# --- the gate server that answers worker processes ------------------------------------------------
+
+
+class _BrokenForOneURL(HostGate):
+    def admit(self, key, url):
+        if url.endswith("/boom"):
+            raise ValueError("boom")
+        return super().admit(key, url)
+
+
+def test_a_question_the_gate_fails_on_is_an_error_for_its_asker_and_the_server_goes_on():
+    import pickle
+    import queue
+    import threading
+
+    from crawler.fetching import Ask
+
+    server = GateServer(_BrokenForOneURL(None, 0.0, True, "t"))
+    remote = pickle.loads(pickle.dumps(server.remote))  # as a worker process gets it
+
+    def ask(url: str):
+        """The gate's answer or error; asked from a daemon thread, as a server that died would never answer."""
+        got: queue.Queue = queue.Queue()
+
+        def asking():
+            try:
+                got.put(remote.answer(Ask("admit", ("h:80", url))))
+            except Exception as exc:  # noqa: BLE001 - what the test looks at
+                got.put(exc)
+
+        threading.Thread(target=asking, daemon=True).start()
+        try:
+            return got.get(timeout=30)
+        except queue.Empty:
+            pytest.fail(f"no answer for {url} in 30 s: the gate server stopped answering")
+
+    try:
+        failed = ask("http://h/boom")
+        assert isinstance(failed, RuntimeError) and "politeness gate: ValueError: boom" in str(failed), failed
+        assert ask("http://h/page") == ROBOTS_UNKNOWN
+    finally:
+        server.close()

@@ -17,7 +17,7 @@ macOS), else ``spawn``; never ``fork``.
 * ``forkserver`` starts one clean, single-threaded server process per crawler
   process (shared with the parse stage's pool), which imports the worker
   module (and so requests) once, because it is added to the forkserver's
-  preload list below, and then forks each worker from itself.
+  preload list (``forkserver_preload`` below), and then forks each worker from itself.
   32 workers fetch their first page about 0.25 s after the pool is created
   (spawn: 2.5-5 s; both measured on 2 busy cores), with the same behaviour
   from the CLI and from tests.
