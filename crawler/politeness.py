@@ -261,9 +261,9 @@ class GateServer:
         while True:
             try:
                 conn = self._listener.accept()
-            except OSError:  # the listener was closed
-                return
-            except Exception:  # a wrong key: nobody of ours
+            except Exception:  # a peer gone mid-handshake (a worker killed), a wrong key; or closed
+                if self._closed:
+                    return
                 continue
             if self._closed:
                 conn.close()
@@ -325,8 +325,8 @@ class GateServer:
             return
         self._closed = True
         self._wake_writer.send_bytes(b"")
-        try:  # accept() does not end when its socket is closed under it: knock once
-            Client(self.remote.address, authkey=self.remote.authkey).close()
+        try:  # accept() does not end when its socket is closed under it: knock once, with no
+            Client(self.remote.address).close()  # key, so that nothing here waits for a handshake
         except OSError:
             pass
         self._listener.close()

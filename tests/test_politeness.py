@@ -260,3 +260,28 @@ def test_a_question_the_gate_fails_on_is_an_error_for_its_asker_and_the_server_g
         assert ask("http://h/page") == ROBOTS_UNKNOWN
     finally:
         server.close()
+
+
+def test_a_worker_gone_during_the_handshake_does_not_stop_the_server_or_its_close():
+    # A pool worker killed (terminate, Ctrl-C) while connecting: the server must go on accepting,
+    # and close() must not wait forever for a handshake nobody answers.
+    import socket
+    import threading
+
+    from crawler.fetching import Ask
+
+    server = GateServer(HostGate(None, 0.0, True, "t"))
+    for _ in range(3):  # connect and leave before the key is checked
+        gone = socket.socket(socket.AF_UNIX)
+        gone.connect(server.remote.address)
+        gone.close()
+    time.sleep(0.2)  # the server meets each end
+    asking = threading.Thread(target=lambda: answers.append(server.remote.answer(Ask("admit", ("h:80", "http://h/")))), daemon=True)
+    answers: list = []
+    asking.start()
+    asking.join(30)
+    assert answers == [ROBOTS_UNKNOWN], "the server stopped accepting after a peer left mid-handshake"
+    closing = threading.Thread(target=server.close, daemon=True)
+    closing.start()
+    closing.join(30)
+    assert not closing.is_alive(), "GateServer.close() hangs"
